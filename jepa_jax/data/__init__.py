@@ -1,0 +1,2 @@
+"""Trajectory datasets: TFDS builders (wall_tfds), grain clip pipelines (pipeline), normalisation
+statistics (stats)."""

@@ -1,0 +1,244 @@
+"""Transformer pieces shared by every model: attention (optional 3D RoPE and masks), MLP,
+LayerScale, the pre-LN block and the AdaLN block, initialisers and attention masks.
+
+Parameters are float32; `dtype` is the compute dtype (e.g. `jnp.bfloat16`). Softmax and
+LayerNorm statistics are computed in float32.
+
+Parameter trees (names follow the PyTorch references so converters map keys one to one;
+Dense kernels are `(in, out)` = torch `weight.T`):
+
+  Attention:  qkv/{kernel (D, 3*inner), bias (3*inner,)}   columns [q | k | v], head-major
+              proj/{kernel (inner, D), bias (D,)}
+  Mlp:        fc1/{kernel, bias}, fc2/{kernel, bias}
+  LayerScale: gamma (D,)
+  Block:      norm1/{scale, bias}, attn/..., [ls1/gamma], norm2/..., mlp/..., [ls2/gamma]
+  AdaLNBlock: norm1, attn, norm2, mlp, adaLN_modulation/{kernel (C, 6D), bias (6D,)}
+              (torch `adaLN_modulation.1`, the Linear after the SiLU)
+"""
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jepa_jax.models import rope as rope_lib
+
+Dtype = Any
+
+
+def trunc_normal(std: float, bound: float = 2.0) -> Callable:
+  """Truncated normal with standard deviation `std` cut at the ABSOLUTE bounds +-`bound`.
+
+  (torch's `trunc_normal_(std=std, a=-2, b=2)`; jax's initializer takes bounds in units of std.)
+  """
+  if std == 0:
+    return nn.initializers.zeros
+  return nn.initializers.truncated_normal(std, lower=-bound / std, upper=bound / std)
+
+
+def torch_default_uniform(fan_in: int) -> Callable:
+  """torch's default nn.Linear / nn.Conv init for weights and biases: U(+-1/sqrt(fan_in))."""
+  limit = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -limit, limit)
+
+
+def dense(features: int, dtype: Dtype, name: str, *, std: float = 0.02, use_bias: bool = True
+          ) -> nn.Dense:
+  """Linear layer with the reference init: trunc-normal(std) weights, zero bias."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=trunc_normal(std), bias_init=nn.initializers.zeros, name=name)
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  """Affine LayerNorm (scale 1, bias 0 at init) over the last axis."""
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def frame_causal_mask(num_frames: int, tokens_per_frame: int) -> np.ndarray:
+  """`(N, N)` bool, N = num_frames * tokens_per_frame: token i may attend token j iff
+  frame(j) <= frame(i) (block lower-triangular; all tokens of a frame see each other)."""
+  frame = np.repeat(np.arange(num_frames), tokens_per_frame)
+  return frame[None, :] <= frame[:, None]
+
+
+def gelu_exact(x: jnp.ndarray) -> jnp.ndarray:
+  """GELU with the exact erf form (torch nn.GELU() default)."""
+  return nn.gelu(x, approximate=False)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with optional 3D RoPE on q and k.
+
+  Attributes:
+    num_heads: number of heads.
+    head_dim: per-head width; None -> D // num_heads.
+    qkv_bias: bias on the qkv projection.
+    rope_layout: RoPE table layout (see rope.py), used when positions are given.
+    dropout: dropout on attention probabilities and on the output projection.
+    proj_std: init std of `proj` (the reference divides it by sqrt(2 * layer)).
+    dtype: compute dtype.
+  """
+  num_heads: int
+  head_dim: int | None = None
+  qkv_bias: bool = True
+  rope_layout: str = 'reference'
+  dropout: float = 0.0
+  proj_std: float = 0.02
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, positions=None, deterministic: bool = True):
+    """Args:
+      x: `(B, N, D)` tokens.
+      mask: bool broadcastable to `(B, heads, N, N)`, True = may attend; None = full.
+      positions: `(N, 3)` or `(B, N, 3)` int RoPE positions (frame, row, col); None = no RoPE.
+      deterministic: disables dropout (dropout needs the 'dropout' rng otherwise).
+    Returns:
+      `(B, N, D)`.
+    """
+    batch, length, width = x.shape
+    head_dim = self.head_dim or width // self.num_heads
+    if self.head_dim is None and width % self.num_heads:
+      raise ValueError(f'width {width} is not divisible by num_heads {self.num_heads}')
+    inner = self.num_heads * head_dim
+    qkv = dense(3 * inner, self.dtype, 'qkv', use_bias=self.qkv_bias)(x)
+    qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, h, hd)
+    if positions is not None:
+      q = rope_lib.apply_rope3d(q, positions, layout=self.rope_layout)
+      k = rope_lib.apply_rope3d(k, positions, layout=self.rope_layout)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(head_dim)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(batch, length, inner)
+    out = dense(width, self.dtype, 'proj', std=self.proj_std)(out)
+    return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+  """fc1 -> exact GELU -> fc2, dropout after the activation and after fc2."""
+  hidden_dim: int
+  dropout: float = 0.0
+  fc2_std: float = 0.02
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool = True):
+    """`(..., D)` -> `(..., D)`."""
+    h = gelu_exact(dense(self.hidden_dim, self.dtype, 'fc1')(x))
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    out = dense(x.shape[-1], self.dtype, 'fc2', std=self.fc2_std)(h)
+    return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+
+
+class LayerScale(nn.Module):
+  """Per-channel scale `gamma` (DINOv2), initialised to `init_value`."""
+  init_value: float
+
+  @nn.compact
+  def __call__(self, x):
+    gamma = self.param('gamma', nn.initializers.constant(self.init_value), (x.shape[-1],),
+                       jnp.float32)
+    return x * gamma.astype(x.dtype)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: `x += ls1(attn(norm1(x)))`; `x += ls2(mlp(norm2(x)))`.
+
+  Attributes:
+    num_heads, head_dim, qkv_bias, rope_layout: see Attention.
+    mlp_dim: MLP hidden width.
+    layerscale_init: None = no LayerScale; else LayerScale gammas initialised to this value.
+    layernorm_eps: LayerNorm epsilon.
+    dropout: attention/MLP dropout rate.
+    layer_id: 1-based depth; > 0 divides the init std of attn.proj and mlp.fc2 by sqrt(2 l).
+  """
+  num_heads: int
+  mlp_dim: int
+  head_dim: int | None = None
+  qkv_bias: bool = True
+  layerscale_init: float | None = None
+  layernorm_eps: float = 1e-6
+  rope_layout: str = 'reference'
+  dropout: float = 0.0
+  layer_id: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, positions=None, deterministic: bool = True):
+    """`(B, N, D)` -> `(B, N, D)`; mask/positions as in Attention."""
+    out_std = 0.02 / math.sqrt(2 * self.layer_id) if self.layer_id > 0 else 0.02
+    h = Attention(self.num_heads, self.head_dim, self.qkv_bias, self.rope_layout, self.dropout,
+                  out_std, self.dtype, name='attn')(
+                      layer_norm(self.layernorm_eps, self.dtype, 'norm1')(x), mask=mask,
+                      positions=positions, deterministic=deterministic)
+    if self.layerscale_init is not None:
+      h = LayerScale(self.layerscale_init, name='ls1')(h)
+    x = x + h
+    h = Mlp(self.mlp_dim, self.dropout, out_std, self.dtype, name='mlp')(
+        layer_norm(self.layernorm_eps, self.dtype, 'norm2')(x), deterministic=deterministic)
+    if self.layerscale_init is not None:
+      h = LayerScale(self.layerscale_init, name='ls2')(h)
+    return x + h
+
+
+class AdaLNBlock(nn.Module):
+  """DiT-style block conditioned per frame (REFERENCE §3a).
+
+  `[shift1, scale1, gate1, shift2, scale2, gate2] = chunk6(adaLN_modulation(SiLU(c)))`,
+  `x += gate1 * attn(norm1(x) * (1 + scale1) + shift1)`,
+  `x += gate2 * mlp(norm2(x) * (1 + scale2) + shift2)`; modulations broadcast over the tokens
+  of their frame.
+
+  Attributes:
+    modulation_std: init std of the modulation weights (0.2 for 'AdaLN', 0 for 'AdaLN-zero',
+      which makes the block the identity at init).
+    other attributes as in Block (no LayerScale, no dropout).
+  """
+  num_heads: int
+  mlp_dim: int
+  qkv_bias: bool = True
+  layernorm_eps: float = 1e-6
+  rope_layout: str = 'reference'
+  modulation_std: float = 0.2
+  layer_id: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond, *, mask=None, positions=None):
+    """Args:
+      x: `(B, T*N, D)` tokens, frame-major (N tokens per frame).
+      cond: `(B, T, C)` per-frame condition (the embedded action).
+      mask, positions: as in Attention.
+    Returns:
+      `(B, T*N, D)`.
+    """
+    batch, length, width = x.shape
+    frames = cond.shape[1]
+    if length % frames:
+      raise ValueError(f'{length} tokens cannot be split into {frames} frames')
+    mod = dense(6 * width, self.dtype, 'adaLN_modulation', std=self.modulation_std)(
+        nn.silu(cond))
+    mod = mod[:, :, None, :]  # (B, T, 1, 6D): broadcast over the frame's tokens
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
+
+    def per_frame(fn, t):  # applies fn to (B, T, N, D) and returns (B, T*N, D)
+      return fn(t.reshape(batch, frames, length // frames, width)).reshape(batch, length, width)
+
+    out_std = 0.02 / math.sqrt(2 * self.layer_id) if self.layer_id > 0 else 0.02
+    h = per_frame(lambda t: t * (1 + scale1) + shift1,
+                  layer_norm(self.layernorm_eps, self.dtype, 'norm1')(x))
+    h = Attention(self.num_heads, None, self.qkv_bias, self.rope_layout, 0.0, out_std,
+                  self.dtype, name='attn')(h, mask=mask, positions=positions)
+    x = x + per_frame(lambda t: gate1 * t, h)
+    h = per_frame(lambda t: t * (1 + scale2) + shift2,
+                  layer_norm(self.layernorm_eps, self.dtype, 'norm2')(x))
+    h = Mlp(self.mlp_dim, 0.0, out_std, self.dtype, name='mlp')(h)
+    return x + per_frame(lambda t: gate2 * t, h)

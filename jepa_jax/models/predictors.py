@@ -1,0 +1,305 @@
+"""Action-conditioned predictors of the world model (REFERENCE §3) and the proprio encoder.
+
+Every predictor has the same call (teacher-forced, frame-causal):
+
+  predictor.apply({'params': p}, latents (B, T, H, W, Dv), actions (B, T, A),
+                  proprio_emb (B, T, Pe) | None, deterministic=True)
+      -> (visual (B, T, H, W, Dv), proprio_emb_pred (B, T, Pe) | None)
+
+Output frame t is the prediction of frame t + 1 and depends only on inputs of frames <= t.
+Proprioception enters as EMBEDDINGS from the separate `ProprioEncoder` (module name
+'proprio_encoder' in the world model), so rollouts can feed predicted embeddings back.
+
+Parameter trees (Dense kernels are `(in, out)` = torch `weight.T`; `{i}` is 0-based):
+
+  ProprioEncoder:  patch_embed/{kernel (P, Pe), bias}      torch Conv1d weight (Pe, P, 1)
+  AdaLNPredictor:  predictor_embed (Dv -> E), action_encoder (A -> E + Pe),
+                   predictor_blocks_{i}/{norm1, attn/{qkv, proj}, norm2, mlp/{fc1, fc2},
+                                         adaLN_modulation}
+                   predictor_norm, predictor_proj (E -> Dv)
+  DinoWMPredictor: action_encoder (A -> Ae), pos_embedding (1, max_frames*H*W, C),
+                   blocks_{i}/{norm1, attn/{qkv (no bias), proj}, norm2, mlp/{fc1, fc2}}, norm
+                   with C = Dv + Pe + Ae
+  VJEPA2ACPredictor: predictor_embed (Dv -> E), action_encoder (A -> E),
+                   [state_encoder (Pe -> E), state_proj (E -> Pe)],
+                   predictor_blocks_{i}/{norm1, attn, norm2, mlp}, predictor_norm,
+                   predictor_proj (E -> Dv)
+
+Parameter count of the paper AdaLN predictor (Dv = E = 384, Pe = 16, A = 10, depth 6, 16 heads):
+17,626,480 = this module's params (predictor_embed, action_encoder, blocks, predictor_norm,
+predictor_proj); the 48 params of ProprioEncoder(2 -> 16) are NOT part of that number.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jepa_jax.models import layers
+from jepa_jax.models import rope as rope_lib
+
+Dtype = Any
+
+
+class ProprioEncoder(nn.Module):
+  """Per-timestep Linear P -> Pe (the reference's kernel-1 Conv1d), torch default init."""
+  embed_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, proprio):
+    """`(B, T, P)` z-scored proprio -> `(B, T, Pe)` embeddings."""
+    init = layers.torch_default_uniform(proprio.shape[-1])
+    return nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init,
+                    bias_init=init, name='patch_embed')(proprio)
+
+
+def _check_inputs(name, latents, actions, proprio_emb, *, latent_dim, action_dim,
+                  proprio_emb_dim, grid_size):
+  if latents.ndim != 5:
+    raise ValueError(f'{name}: latents must be (B, T, H, W, D), got shape {latents.shape}')
+  batch, frames, height, width, dim = latents.shape
+  if (height, width) != tuple(grid_size) or dim != latent_dim:
+    raise ValueError(f'{name}: latents {latents.shape} do not match grid_size {grid_size} and '
+                     f'latent_dim {latent_dim}; fix the predictor config')
+  if actions.shape != (batch, frames, action_dim):
+    raise ValueError(f'{name}: actions must be {(batch, frames, action_dim)}, got '
+                     f'{actions.shape}')
+  if proprio_emb_dim and proprio_emb is None:
+    raise ValueError(f'{name}: config has proprio_emb_dim={proprio_emb_dim} but proprio_emb is '
+                     'None; pass embeddings or set proprio_emb_dim=0')
+  if not proprio_emb_dim and proprio_emb is not None:
+    raise ValueError(f'{name}: proprio_emb given but proprio_emb_dim=0 in the config')
+  if proprio_emb is not None and proprio_emb.shape != (batch, frames, proprio_emb_dim):
+    raise ValueError(f'{name}: proprio_emb must be {(batch, frames, proprio_emb_dim)}, got '
+                     f'{proprio_emb.shape}')
+
+
+def _concat_proprio(x, proprio_emb):
+  """Repeats `(B, T, Pe)` over the patches of `(B, T, H, W, E)` and concatenates channels."""
+  if proprio_emb is None:
+    return x
+  tiled = jnp.broadcast_to(proprio_emb[:, :, None, None, :].astype(x.dtype),
+                           x.shape[:-1] + proprio_emb.shape[-1:])
+  return jnp.concatenate([x, tiled], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaLNConfig:
+  """AdaLN predictor (REFERENCE §3a); defaults are the paper's Wall config.
+
+  latent_dim: encoder width Dv. embed_dim: visual width E inside the predictor (None -> Dv);
+  the token width is E + proprio_emb_dim. zero_init: AdaLN-zero (modulation weights 0).
+  max_frames: longest context the model is trained for (documentation; RoPE needs no table).
+  """
+  latent_dim: int = 384
+  embed_dim: int | None = None
+  proprio_emb_dim: int = 16
+  action_dim: int = 10
+  depth: int = 6
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  layernorm_eps: float = 1e-6
+  grid_size: tuple[int, int] = (16, 16)
+  max_frames: int = 4
+  zero_init: bool = False
+  modulation_std: float = 0.2
+  rope_layout: str = 'reference'
+
+  @property
+  def width(self) -> int:
+    return (self.embed_dim or self.latent_dim) + self.proprio_emb_dim
+
+
+class AdaLNPredictor(nn.Module):
+  """JEPA-WM AdaLN predictor: actions condition every block through AdaLN; 3D RoPE; frame-causal.
+
+  Tokens are the H*W patches of every frame (frame-major); RoPE positions (t, row, col) restart
+  at 0 for the window given. See REFERENCE §3a for every detail reproduced here.
+  """
+  config: AdaLNConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True):
+    """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
+    del deterministic  # no dropout in this model
+    cfg = self.config
+    _check_inputs('AdaLNPredictor', latents, actions, proprio_emb, latent_dim=cfg.latent_dim,
+                  action_dim=cfg.action_dim, proprio_emb_dim=cfg.proprio_emb_dim,
+                  grid_size=cfg.grid_size)
+    batch, frames, height, width, _ = latents.shape
+    embed_dim = cfg.embed_dim or cfg.latent_dim
+    x = layers.dense(embed_dim, self.dtype, 'predictor_embed')(latents)
+    x = _concat_proprio(x, proprio_emb)
+    x = x.reshape(batch, frames * height * width, cfg.width)
+    cond = layers.dense(cfg.width, self.dtype, 'action_encoder')(actions)  # (B, T, C)
+    mask = layers.frame_causal_mask(frames, height * width)
+    positions = rope_lib.grid_positions(frames, height, width)
+    for i in range(cfg.depth):
+      x = layers.AdaLNBlock(
+          cfg.num_heads, int(cfg.width * cfg.mlp_ratio), cfg.qkv_bias, cfg.layernorm_eps,
+          cfg.rope_layout, 0.0 if cfg.zero_init else cfg.modulation_std, i + 1, self.dtype,
+          name=f'predictor_blocks_{i}')(x, cond, mask=mask, positions=positions)
+    x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'predictor_norm')(x)
+    x = x.reshape(batch, frames, height, width, cfg.width)
+    visual = layers.dense(cfg.latent_dim, self.dtype, 'predictor_proj')(x[..., :embed_dim])
+    proprio = x[:, :, 0, 0, embed_dim:] if cfg.proprio_emb_dim else None
+    return visual, proprio
+
+
+@dataclasses.dataclass(frozen=True)
+class DinoWMConfig:
+  """DINO-WM feature-concatenation predictor (REFERENCE §3b); defaults = the paper baseline."""
+  latent_dim: int = 384
+  proprio_emb_dim: int = 10
+  action_dim: int = 10
+  action_emb_dim: int = 10
+  depth: int = 6
+  num_heads: int = 16
+  head_dim: int = 64
+  mlp_dim: int = 2048
+  dropout: float = 0.1
+  layernorm_eps: float = 1e-5
+  grid_size: tuple[int, int] = (16, 16)
+  max_frames: int = 3
+
+  @property
+  def width(self) -> int:
+    return self.latent_dim + self.proprio_emb_dim + self.action_emb_dim
+
+
+class DinoWMPredictor(nn.Module):
+  """Per patch `[z | proprio emb | action emb]`, learned positions, pre-LN causal blocks.
+
+  No output projection: the output is split back into visual / proprio channels (the action
+  channels are dropped); the proprio prediction is read from the first patch. Dropout (attention
+  probabilities, attention output, MLP hidden and output, after the position embedding) is active
+  only with `deterministic=False` and a 'dropout' rng.
+  """
+  config: DinoWMConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True):
+    """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
+    cfg = self.config
+    _check_inputs('DinoWMPredictor', latents, actions, proprio_emb, latent_dim=cfg.latent_dim,
+                  action_dim=cfg.action_dim, proprio_emb_dim=cfg.proprio_emb_dim,
+                  grid_size=cfg.grid_size)
+    batch, frames, height, width, _ = latents.shape
+    if frames > cfg.max_frames:
+      raise ValueError(f'DinoWMPredictor: {frames} frames > max_frames {cfg.max_frames} (the '
+                       'learned position table); raise max_frames or shorten the context')
+    tokens = height * width
+    action_emb = layers.dense(cfg.action_emb_dim, self.dtype, 'action_encoder')(actions)
+    x = _concat_proprio(latents.astype(self.dtype), proprio_emb)
+    x = _concat_proprio(x, action_emb)
+    x = x.reshape(batch, frames * tokens, cfg.width)
+    pos = self.param('pos_embedding', nn.initializers.normal(1.0),
+                     (1, cfg.max_frames * tokens, cfg.width), jnp.float32)
+    x = x + pos[:, :frames * tokens].astype(self.dtype)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    mask = layers.frame_causal_mask(frames, tokens)
+    for i in range(cfg.depth):
+      x = layers.Block(cfg.num_heads, cfg.mlp_dim, cfg.head_dim, qkv_bias=False,
+                       layernorm_eps=cfg.layernorm_eps, dropout=cfg.dropout, dtype=self.dtype,
+                       name=f'blocks_{i}')(x, mask=mask, deterministic=deterministic)
+    x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'norm')(x)
+    x = x.reshape(batch, frames, height, width, cfg.width)
+    visual = x[..., :cfg.latent_dim]
+    proprio = (x[:, :, 0, 0, cfg.latent_dim:cfg.latent_dim + cfg.proprio_emb_dim]
+               if cfg.proprio_emb_dim else None)
+    return visual, proprio
+
+
+@dataclasses.dataclass(frozen=True)
+class VJEPA2ACConfig:
+  """V-JEPA 2-AC predictor (REFERENCE §3c). DROID: latent 1408, embed 1024, depth 24, 16 heads."""
+  latent_dim: int = 384
+  embed_dim: int = 384
+  proprio_emb_dim: int = 16
+  action_dim: int = 10
+  depth: int = 6
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  layernorm_eps: float = 1e-6
+  grid_size: tuple[int, int] = (16, 16)
+  max_frames: int = 4
+  rope_layout: str = 'reference'
+
+
+class VJEPA2ACPredictor(nn.Module):
+  """Per frame `[action token, (proprio token), H*W patch tokens]`, pre-LN RoPE blocks.
+
+  Condition tokens get only the temporal RoPE (their row/column positions are 0, i.e. identity);
+  the frame-causal mask works on blocks of `cond_tokens + H*W`. The output projection applies to
+  patch tokens. The reference does not predict proprio; when proprio embeddings are given we read
+  the proprio token's output through an extra `state_proj` Linear (E -> Pe) so that this model
+  fits the common predictor interface.
+  """
+  config: VJEPA2ACConfig
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True):
+    """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
+    del deterministic  # no dropout in this model
+    cfg = self.config
+    _check_inputs('VJEPA2ACPredictor', latents, actions, proprio_emb, latent_dim=cfg.latent_dim,
+                  action_dim=cfg.action_dim, proprio_emb_dim=cfg.proprio_emb_dim,
+                  grid_size=cfg.grid_size)
+    batch, frames, height, width, _ = latents.shape
+    patches = height * width
+    x = layers.dense(cfg.embed_dim, self.dtype, 'predictor_embed')(latents)
+    x = x.reshape(batch, frames, patches, cfg.embed_dim)
+    cond = [layers.dense(cfg.embed_dim, self.dtype, 'action_encoder')(actions)[:, :, None]]
+    if proprio_emb is not None:
+      cond.append(layers.dense(cfg.embed_dim, self.dtype, 'state_encoder')(proprio_emb)[:, :, None])
+    num_cond = len(cond)
+    x = jnp.concatenate(cond + [x], axis=2)  # (B, T, num_cond + patches, E)
+    per_frame = num_cond + patches
+    x = x.reshape(batch, frames * per_frame, cfg.embed_dim)
+    grid = rope_lib.grid_positions(frames, height, width).reshape(frames, patches, 3)
+    cond_pos = grid[:, :1] * [1, 0, 0]  # (frame, 0, 0): temporal rotation only
+    positions = jnp.concatenate([jnp.repeat(cond_pos, num_cond, axis=1), grid], axis=1)
+    positions = positions.reshape(frames * per_frame, 3)
+    mask = layers.frame_causal_mask(frames, per_frame)
+    for i in range(cfg.depth):
+      x = layers.Block(cfg.num_heads, int(cfg.embed_dim * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias,
+                       layernorm_eps=cfg.layernorm_eps, rope_layout=cfg.rope_layout,
+                       layer_id=i + 1, dtype=self.dtype, name=f'predictor_blocks_{i}')(
+                           x, mask=mask, positions=positions)
+    x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'predictor_norm')(x)
+    x = x.reshape(batch, frames, per_frame, cfg.embed_dim)
+    visual = layers.dense(cfg.latent_dim, self.dtype, 'predictor_proj')(x[:, :, num_cond:])
+    visual = visual.reshape(batch, frames, height, width, cfg.latent_dim)
+    proprio = None
+    if proprio_emb is not None:
+      proprio = layers.dense(cfg.proprio_emb_dim, self.dtype, 'state_proj')(x[:, :, 1])
+    return visual, proprio
+
+
+PREDICTOR_KINDS = ('adaln', 'adaln_zero', 'dino_wm', 'vjepa2_ac')
+
+
+def build_predictor(kind: str, dtype: Dtype = jnp.float32, **config) -> nn.Module:
+  """Predictor module from a kind and its config keys (unknown keys raise TypeError).
+
+  kinds: 'adaln', 'adaln_zero' (AdaLNConfig, zero_init forced), 'dino_wm' (DinoWMConfig),
+  'vjepa2_ac' (VJEPA2ACConfig). `grid_size` may be a list (it is turned into a tuple).
+  """
+  if 'grid_size' in config:
+    config['grid_size'] = tuple(config['grid_size'])
+  if kind in ('adaln', 'adaln_zero'):
+    if kind == 'adaln_zero':
+      config['zero_init'] = True
+    return AdaLNPredictor(AdaLNConfig(**config), dtype)
+  if kind == 'dino_wm':
+    return DinoWMPredictor(DinoWMConfig(**config), dtype)
+  if kind == 'vjepa2_ac':
+    return VJEPA2ACPredictor(VJEPA2ACConfig(**config), dtype)
+  raise ValueError(f'unknown predictor kind {kind!r}; choose one of {PREDICTOR_KINDS}')

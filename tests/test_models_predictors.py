@@ -1,0 +1,249 @@
+"""Predictors (REFERENCE §3) against float64 numpy re-derivations and structural properties."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from jepa_jax.models import layers
+from jepa_jax.models import predictors
+
+TINY = dict(latent_dim=96, proprio_emb_dim=16, action_dim=10, depth=2, num_heads=4,
+            grid_size=(4, 4))
+TINY_DINO = dict(latent_dim=96, proprio_emb_dim=10, action_dim=10, action_emb_dim=10, depth=1,
+                 num_heads=4, head_dim=16, mlp_dim=64, grid_size=(4, 4), max_frames=3)
+TINY_AC = dict(latent_dim=96, embed_dim=64, proprio_emb_dim=16, action_dim=10, depth=1,
+               num_heads=4, grid_size=(4, 4))
+
+
+def _init(module, key, *inputs):
+  return jax.jit(module.init)(key, *inputs)
+
+
+def _perturbed_params(module, key, *inputs, scale=0.1):
+  """Initialised params plus noise, so unit LayerNorm scales / zero biases cannot hide bugs."""
+  @jax.jit
+  def make(key, inputs):
+    params = module.init(key, *inputs)['params']
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    leaves = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+    return jax.tree.unflatten(tree, leaves)
+  return make(key, inputs)
+
+
+def _inputs(key, batch=2, frames=3, grid=(4, 4), dv=96, a=10, pe=16):
+  k1, k2, k3 = jax.random.split(key, 3)
+  return (jax.random.normal(k1, (batch, frames) + grid + (dv,)),
+          jax.random.normal(k2, (batch, frames, a)),
+          jax.random.normal(k3, (batch, frames, pe)))
+
+
+CONFIGS = {'adaln': TINY, 'adaln_zero': TINY, 'dino_wm': TINY_DINO, 'vjepa2_ac': TINY_AC}
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(kind):
+  """(model, perturbed params, (z, a, pe) with 3 frames, jitted apply), shared by tests so
+  each model compiles once."""
+  cfg = CONFIGS[kind]
+  model = predictors.build_predictor(kind, **cfg)
+  inputs = _inputs(jax.random.key(2), frames=3, pe=cfg['proprio_emb_dim'])
+  params = _perturbed_params(model, jax.random.key(3), *inputs)
+  apply = jax.jit(lambda p, *x: model.apply({'params': p}, *x))
+  return model, params, inputs, apply
+
+
+# ---------------------------------------------------------------- numpy float64 reference (§3a)
+def _np(tree):
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def _ln(x, p, eps):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * p['scale'] + p['bias']
+
+
+def _linear(x, p):
+  return x @ p['kernel'] + p['bias']
+
+
+def _rope_quirk(x, pos):
+  """x (N, h, hd), pos (N, 3): concatenated cos/sin tables, interleaved pair partners."""
+  hd = x.shape[-1]
+  d = 2 * ((hd // 3) // 2)
+  w = 10000.0 ** (-np.arange(d // 2) / (d // 2))
+  w = np.concatenate([w, w])
+  out = x.copy()
+  for a in range(3):
+    seg = x[..., a * d:(a + 1) * d]
+    partner = np.empty_like(seg)
+    partner[..., 0::2], partner[..., 1::2] = -seg[..., 1::2], seg[..., 0::2]
+    th = pos[:, a][:, None, None] * w
+    out[..., a * d:(a + 1) * d] = seg * np.cos(th) + partner * np.sin(th)
+  return out
+
+
+def _np_adaln_block(x, c, p, heads, frames, pos):
+  """One AdaLN block on a single sample: x (T*N, C), c (T, C)."""
+  n, width = x.shape
+  silu = c / (1 + np.exp(-c))
+  mod = _linear(silu, p['adaLN_modulation'])  # (T, 6C)
+  mod = np.repeat(mod, n // frames, axis=0)  # broadcast to each frame's tokens
+  sh1, sc1, g1, sh2, sc2, g2 = np.split(mod, 6, axis=-1)
+  h = _ln(x, p['norm1'], 1e-6) * (1 + sc1) + sh1
+  qkv = _linear(h, p['attn']['qkv']).reshape(n, 3, heads, width // heads)
+  q, k, v = _rope_quirk(qkv[:, 0], pos), _rope_quirk(qkv[:, 1], pos), qkv[:, 2]
+  logits = np.einsum('qhd,khd->hqk', q, k) / math.sqrt(width // heads)
+  frame = pos[:, 0]
+  logits = np.where(frame[None, None, :] <= frame[None, :, None], logits, -np.inf)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  att = np.einsum('hqk,khd->qhd', probs, v).reshape(n, width)
+  x = x + g1 * _linear(att, p['attn']['proj'])
+  h = _ln(x, p['norm2'], 1e-6) * (1 + sc2) + sh2
+  h = _linear(h, p['mlp']['fc1'])
+  h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
+  return x + g2 * _linear(h, p['mlp']['fc2'])
+
+
+def _np_adaln_predictor(p, z, a, pe, cfg):
+  frames, hh, ww, _ = z.shape
+  e = _linear(z, p['predictor_embed'])
+  x = np.concatenate([e, np.broadcast_to(pe[:, None, None], (frames, hh, ww, pe.shape[-1]))], -1)
+  x = x.reshape(frames * hh * ww, -1)
+  c = _linear(a, p['action_encoder'])
+  t, r, col = np.meshgrid(np.arange(frames), np.arange(hh), np.arange(ww), indexing='ij')
+  pos = np.stack([t, r, col], -1).reshape(-1, 3).astype(np.float64)
+  for i in range(cfg['depth']):
+    x = _np_adaln_block(x, c, p[f'predictor_blocks_{i}'], cfg['num_heads'], frames, pos)
+  x = _ln(x, p['predictor_norm'], 1e-6).reshape(frames, hh, ww, -1)
+  dv = e.shape[-1]
+  return _linear(x[..., :dv], p['predictor_proj']), x[:, 0, 0, dv:]
+
+
+def test_adaln_predictor_matches_numpy_float64():
+  _, params, (z, a, pe), apply = _setup('adaln')
+  vis, prop = apply(params, z, a, pe)
+  pn = _np(params)
+  for b in range(z.shape[0]):
+    rv, rp = _np_adaln_predictor(pn, *(np.asarray(t[b], np.float64) for t in (z, a, pe)), TINY)
+    np.testing.assert_allclose(np.asarray(vis[b]), rv, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(prop[b]), rp, rtol=2e-4, atol=2e-4)
+
+
+def test_paper_adaln_param_count():
+  """REFERENCE §3a: 17,626,480 = predictor_embed + action_encoder + 6 blocks + predictor_norm +
+  predictor_proj; the ProprioEncoder (2 -> 16: 48 params) is not included."""
+  model = predictors.build_predictor('adaln', latent_dim=384, proprio_emb_dim=16, action_dim=10,
+                                     depth=6, num_heads=16, grid_size=(16, 16))
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 2, 16, 16, 384)), jnp.zeros((1, 2, 10)),
+                          jnp.zeros((1, 2, 16)))
+  count = sum(x.size for x in jax.tree.leaves(shapes))
+  assert count == 17_626_480
+  proprio = jax.eval_shape(predictors.ProprioEncoder(16).init, jax.random.key(0),
+                           jnp.zeros((1, 2, 2)))
+  assert sum(x.size for x in jax.tree.leaves(proprio)) == 48
+
+
+@pytest.mark.parametrize('kind', ['adaln', 'dino_wm', 'vjepa2_ac'])  # adaln_zero: same code
+def test_frame_causality(kind):
+  _, params, (z, a, pe), apply = _setup(kind)
+  vis, prop = apply(params, z, a, pe)
+  for t in range(2):  # perturb every input of frames > t
+    later = jnp.arange(3)[None, :, None] > t
+    z2 = jnp.where(later[..., None, None], z + 1.0, z)
+    a2, pe2 = jnp.where(later, a - 1.0, a), jnp.where(later, pe + 2.0, pe)
+    vis2, prop2 = apply(params, z2, a2, pe2)
+    np.testing.assert_allclose(vis2[:, :t + 1], vis[:, :t + 1], atol=1e-5)
+    np.testing.assert_allclose(prop2[:, :t + 1], prop[:, :t + 1], atol=1e-5)
+    assert np.abs(np.asarray(vis2[:, t + 1] - vis[:, t + 1])).max() > 1e-3
+
+
+def test_adaln_zero_blocks_are_identity_at_init():
+  block = layers.AdaLNBlock(num_heads=4, mlp_dim=64, modulation_std=0.0)
+  x = jax.random.normal(jax.random.key(4), (2, 3 * 5, 32))
+  c = jax.random.normal(jax.random.key(5), (2, 3, 32))
+  params = _init(block, jax.random.key(6), x, c)
+  np.testing.assert_array_equal(jax.jit(block.apply)(params, x, c), x)
+  # and the plain AdaLN init is not the identity
+  block = layers.AdaLNBlock(num_heads=4, mlp_dim=64)
+  params = _init(block, jax.random.key(6), x, c)
+  assert np.abs(np.asarray(jax.jit(block.apply)(params, x, c) - x)).max() > 1e-3
+
+
+def test_adaln_init_scales():
+  """trunc-normal 0.02 (proj/fc2 of block l divided by sqrt(2l)), modulation 0.2, biases 0."""
+  model = predictors.build_predictor('adaln', **TINY)
+  z, a, pe = _inputs(jax.random.key(7), frames=1)
+  params = _init(model, jax.random.key(8), z, a, pe)['params']
+  for i in range(TINY['depth']):
+    blk = params[f'predictor_blocks_{i}']
+    np.testing.assert_allclose(np.std(blk['attn']['proj']['kernel']),
+                               0.02 / math.sqrt(2 * (i + 1)), rtol=0.05)
+    np.testing.assert_allclose(np.std(blk['mlp']['fc2']['kernel']),
+                               0.02 / math.sqrt(2 * (i + 1)), rtol=0.05)
+    np.testing.assert_allclose(np.std(blk['attn']['qkv']['kernel']), 0.02, rtol=0.05)
+    np.testing.assert_allclose(np.std(blk['adaLN_modulation']['kernel']), 0.2, rtol=0.05)
+    assert not np.any(np.asarray(blk['attn']['qkv']['bias']))
+  zero = _init(predictors.build_predictor('adaln_zero', **TINY), jax.random.key(8),
+               *_inputs(jax.random.key(7), frames=1))['params']
+  assert not np.any(np.asarray(zero['predictor_blocks_0']['adaLN_modulation']['kernel']))
+
+
+@pytest.mark.parametrize('kind', ['adaln', 'dino_wm', 'vjepa2_ac'])
+def test_bf16_agrees_with_f32(kind):
+  """Same params, bf16 compute: max error <= 5% of the output's max magnitude."""
+  _, params, (z, a, pe), apply = _setup(kind)
+  bf16 = predictors.build_predictor(kind, dtype=jnp.bfloat16, **CONFIGS[kind])
+  ref, ref_p = apply(params, z, a, pe)
+  low, low_p = jax.jit(bf16.apply)({'params': params}, z, a, pe)
+  assert low.dtype == jnp.bfloat16
+  for r, l in ((ref, low), (ref_p, low_p)):
+    err = np.abs(np.asarray(l, np.float32) - np.asarray(r)).max()
+    assert err <= 0.05 * np.abs(np.asarray(r)).max(), err
+
+
+def test_dino_wm_dropout_and_shapes():
+  model, params, (z, a, pe), _ = _setup('dino_wm')
+  params = {'params': params}
+  assert params['params']['pos_embedding'].shape == (1, 3 * 16, 96 + 10 + 10)
+  assert 'bias' not in params['params']['blocks_0']['attn']['qkv']
+  apply = jax.jit(model.apply, static_argnames='deterministic')
+  vis, prop = apply(params, z, a, pe)
+  assert vis.shape == z.shape and prop.shape == pe.shape
+  vis2, _ = apply(params, z, a, pe)
+  np.testing.assert_array_equal(vis, vis2)  # deterministic by default
+  drop, _ = apply(params, z, a, pe, deterministic=False, rngs={'dropout': jax.random.key(0)})
+  assert np.abs(np.asarray(drop - vis)).max() > 1e-3
+  with pytest.raises(ValueError, match='max_frames'):
+    model.apply(params, *_inputs(jax.random.key(0), frames=4, pe=10))
+
+
+def test_predictor_without_proprio():
+  model = predictors.build_predictor('adaln', **{**TINY, 'proprio_emb_dim': 0})
+  z, a, _ = _inputs(jax.random.key(13), frames=2)
+  params = _init(model, jax.random.key(14), z, a, None)
+  vis, prop = jax.jit(model.apply)(params, z, a, None)
+  assert vis.shape == z.shape and prop is None
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match='unknown predictor kind'):
+    predictors.build_predictor('mlp')
+  with pytest.raises(TypeError, match='bogus'):
+    predictors.build_predictor('adaln', bogus=1)
+  model, params, (z, a, pe), _ = _setup('adaln')
+  params = {'params': params}
+  with pytest.raises(ValueError, match='proprio_emb is None'):
+    model.apply(params, z, a, None)
+  with pytest.raises(ValueError, match='grid_size'):
+    model.apply(params, z[:, :, :2], a, pe)
+  with pytest.raises(ValueError, match='actions'):
+    model.apply(params, z, a[..., :3], pe)

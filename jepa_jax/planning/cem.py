@@ -1,0 +1,143 @@
+"""Cross-entropy method (CEM) planner, as in the reference (REFERENCE.md section 5).
+
+A plan is a sequence of normalised model actions `(H, A)`. Each iteration samples `N`
+sequences from a diagonal Gaussian, forces sample 0 to be the current mean, optionally clips
+to a box, scores them with `cost_fn`, keeps the `K` cheapest (`lax.top_k`) and refits the
+Gaussian. The whole optimisation is one `lax.scan`, so `cem_plan` can be jitted, vmapped over
+episodes and sharded.
+
+The sampling loop is shared with MPPI (`mppi.py`), which only swaps the refit rule.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+# cost_fn(state, goal, actions (N, H, A)) -> costs (N,); state/goal are arbitrary pytrees.
+CostFn = Callable[[Any, Any, jax.Array], jax.Array]
+Bound = Optional[Union[float, Sequence[float]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CEMConfig:
+  """CEM settings; defaults are the paper's Wall settings.
+
+  num_samples: N sequences per iteration (sample 0 is the current mean).
+  num_iters: optimisation iterations.
+  num_elites: K cheapest samples refitting the Gaussian (needs 2 <= K <= N: unbiased std).
+  horizon: H model steps per plan.
+  var_scale: initial std (the initial mean is 0).
+  momentum: new = momentum * old + (1 - momentum) * elite statistic (0 = reference).
+  min_std: floor on the std after each refit (0 = reference; > 0 keeps exploring).
+  action_low/action_high: optional box (scalar or per action dimension) in normalised units.
+  num_execute: how many of the plan's first steps an MPC loop executes (used by evaluation).
+  """
+  num_samples: int = 300
+  num_iters: int = 30
+  num_elites: int = 10
+  horizon: int = 6
+  var_scale: float = 1.0
+  momentum: float = 0.0
+  min_std: float = 0.0
+  action_low: Bound = None
+  action_high: Bound = None
+  num_execute: int = 6
+
+  def __post_init__(self):
+    if self.num_samples < 1 or self.num_iters < 1 or self.horizon < 1:
+      raise ValueError(f'num_samples, num_iters and horizon must be >= 1, got {self}')
+    if not 2 <= self.num_elites <= self.num_samples:
+      raise ValueError(f'num_elites={self.num_elites} must be in [2, num_samples={self.num_samples}]'
+                       ' (the unbiased elite std needs at least 2 elites)')
+    if not 0.0 <= self.momentum < 1.0:
+      raise ValueError(f'momentum={self.momentum} must be in [0, 1)')
+    if not 1 <= self.num_execute <= self.horizon:
+      raise ValueError(f'num_execute={self.num_execute} must be in [1, horizon={self.horizon}]')
+
+
+def clip_actions(actions: jax.Array, low: Bound, high: Bound) -> jax.Array:
+  """Clips `(..., A)` actions to a per-dimension box; `None` bounds leave that side open."""
+  if low is not None:
+    actions = jnp.maximum(actions, jnp.asarray(low, actions.dtype))
+  if high is not None:
+    actions = jnp.minimum(actions, jnp.asarray(high, actions.dtype))
+  return actions
+
+
+def shift_plan(plan: jax.Array, num_executed: int, fill: float = 0.0) -> jax.Array:
+  """Warm start: drops the `num_executed` executed steps of a `(..., H, A)` plan and appends
+  `fill` (the cold-start mean) at the end, so the new mean starts at the next step to execute."""
+  if not 0 <= num_executed <= plan.shape[-2]:
+    raise ValueError(f'num_executed={num_executed} must be in [0, horizon={plan.shape[-2]}]')
+  tail = jnp.full(plan.shape[:-2] + (num_executed, plan.shape[-1]), fill, plan.dtype)
+  return jnp.concatenate([plan[..., num_executed:, :], tail], axis=-2)
+
+
+def iteration_noise(key: jax.Array, iteration, shape) -> jax.Array:
+  """Standard normal draws of iteration `iteration`: `normal(fold_in(key, iteration), shape)`.
+
+  Public so that tests (and anyone reproducing a run) can regenerate the exact draws."""
+  return jax.random.normal(jax.random.fold_in(key, iteration), shape)
+
+
+def cem_refit(elites: jax.Array, elite_costs: jax.Array):
+  """CEM refit: elite mean and unbiased (ddof=1) std over the `(K, H, A)` elites."""
+  del elite_costs  # CEM weights all elites equally
+  return elites.mean(axis=0), elites.std(axis=0, ddof=1)
+
+
+def sampling_plan(cost_fn: CostFn, state, goal, action_dim: int, key: jax.Array, config,
+                  refit: Callable, init_mean: Optional[jax.Array] = None):
+  """Shared loop of the sampling planners (CEM, MPPI).
+
+  Args:
+    cost_fn: `(state, goal, actions (N, H, A)) -> (N,)` costs (lower is better).
+    state, goal: pytrees passed through to `cost_fn` (e.g. latents, proprio embeddings).
+    action_dim: A, the model action size.
+    key: PRNG key; iteration i draws `iteration_noise(key, i, (N, H, A))`.
+    config: a `CEMConfig`-like dataclass (MPPI's adds a temperature).
+    refit: `(elites (K, H, A), elite_costs (K,)) -> (mean, std)` each `(H, A)`.
+    init_mean: optional `(H, A)` initial mean (warm start); zeros otherwise. The initial
+      std is always `var_scale`.
+  Returns:
+    plan: `(H, A)` final mean (the caller executes its first `num_execute` steps).
+    info: dict with `best_cost (I,)` cheapest sample per iteration, `elite_cost (I,)` mean
+      elite cost per iteration, `final_std (H, A)`, `best_actions (H, A)` (the cheapest sample
+      of the last iteration).
+  """
+  shape = (config.horizon, action_dim)
+  if init_mean is None:
+    mean = jnp.zeros(shape, jnp.float32)
+  else:
+    if init_mean.shape != shape:
+      raise ValueError(f'init_mean has shape {init_mean.shape}, expected (horizon, action_dim)={shape}')
+    mean = jnp.asarray(init_mean, jnp.float32)
+  std = jnp.full(shape, config.var_scale, jnp.float32)
+
+  def iteration(carry, i):
+    mean, std, _ = carry
+    noise = iteration_noise(key, i, (config.num_samples,) + shape)
+    samples = mean + std * noise
+    samples = samples.at[0].set(mean)  # the current mean is always a candidate
+    samples = clip_actions(samples, config.action_low, config.action_high)
+    costs = cost_fn(state, goal, samples)
+    neg_elite_costs, elite_idx = jax.lax.top_k(-costs, config.num_elites)
+    elites = samples[elite_idx]
+    new_mean, new_std = refit(elites, -neg_elite_costs)
+    mean = config.momentum * mean + (1.0 - config.momentum) * new_mean
+    std = config.momentum * std + (1.0 - config.momentum) * new_std
+    std = jnp.maximum(std, config.min_std)
+    return (mean, std, elites[0]), (-neg_elite_costs[0], -neg_elite_costs.mean())
+
+  (mean, std, best), (best_cost, elite_cost) = jax.lax.scan(
+      iteration, (mean, std, mean), jnp.arange(config.num_iters))
+  info = dict(best_cost=best_cost, elite_cost=elite_cost, final_std=std, best_actions=best)
+  return mean, info
+
+
+def cem_plan(cost_fn: CostFn, state, goal, action_dim: int, key: jax.Array, config: CEMConfig,
+             init_mean: Optional[jax.Array] = None):
+  """CEM plan `(H, A)` plus info (see `sampling_plan`); pure and jit/vmap friendly."""
+  return sampling_plan(cost_fn, state, goal, action_dim, key, config, cem_refit, init_mean)

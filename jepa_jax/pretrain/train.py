@@ -1,0 +1,493 @@
+"""Stage 1: V-JEPA pretraining of the ViT encoder on Wall trajectory clips (REFERENCE §1).
+
+One optimisation step (`make_train_step`), for a batch of clips `(B, T, S, S, 3)` uint8 with
+multi-block masks made in the data pipeline (`masks.MultiBlockMaskTransform`):
+
+  1. preprocess: [0, 1], bilinear resize to the encoder size, per-channel normalisation;
+  2. targets: the EMA target encoder sees the whole clip -> `(B, N, D)` tokens, LayerNorm-ed
+     without affine parameters, no gradient;
+  3. for every mask group g: the context encoder sees only its context tokens; the masked
+     predictor (mask token g) predicts the target tokens from them;
+  4. loss: L1 between predictions and normalised targets at the target tokens, averaged over
+     groups (`losses.masked_prediction_loss`). With `dense_loss` (V-JEPA 2.1) the predictor
+     also predicts the context tokens and the targets concatenate several encoder depths;
+  5. AdamW update of context encoder + predictor, then EMA of the target encoder with momentum
+     `ema_momentum` (constant, V-JEPA 2) or a linear ramp to `ema_momentum_end` (V-JEPA 1).
+
+The step is one `jax.jit` over a `Mesh` (axes and partition rules from the config), with the
+train state donated. `train(config, workdir, data_dir)` runs the whole stage: data, resumable
+Orbax checkpoints (params, EMA target, optimiser state, step, grain iterator), TensorBoard
+metrics, export of the EMA target encoder to `<workdir>/encoder`, and the linear probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jepa_jax import checkpoint as checkpoint_lib
+from jepa_jax import sharding as sharding_lib
+from jepa_jax import training
+from jepa_jax.data import pipeline
+from jepa_jax.data import wall_tfds
+from jepa_jax.models import masked_predictor as masked_predictor_lib
+from jepa_jax.models import vit
+from jepa_jax.pretrain import losses
+from jepa_jax.pretrain import masks as masks_lib
+from jepa_jax.pretrain import probe as probe_lib
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """The `pretrain` section of experiments/configs/wall.py.
+
+  Clips: `num_frames` frames every `frameskip` env steps. Optimiser: AdamW (`lr`,
+  `weight_decay`, `lr_schedule` in {'constant', 'warmup_cosine'}, `warmup_steps`,
+  `final_lr_ratio`, `grad_clip_norm`, 0 = off). EMA: `ema_momentum`, optionally ramped
+  linearly to `ema_momentum_end` over the run. Masks: `mask_groups` as dicts of
+  `masks.MaskGroupSpec` fields; fixed counts from the `mask_count_quantile` quantile.
+  Predictor: `predictor` dict of `MaskedPredictorConfig` fields (width, depth, num_heads, ...).
+  Dense loss (V-JEPA 2.1): `dense_loss`, targets from encoder blocks `dense_target_layers`,
+  context-token term weighted by `dense_context_weight`. Probe: frames of the first
+  `probe_train_trajectories` train and `probe_val_trajectories` validation trajectories.
+  """
+  batch_size: int
+  num_steps: int
+  num_frames: int = 4
+  frameskip: int = 5
+  lr: float = 1e-3
+  weight_decay: float = 0.04
+  lr_schedule: str = 'warmup_cosine'
+  warmup_steps: int = 100
+  final_lr_ratio: float = 0.0
+  grad_clip_norm: float = 0.0
+  ema_momentum: float = 0.99925
+  ema_momentum_end: float | None = None
+  mask_groups: Sequence[dict] = (dict(num_blocks=8, spatial_scale=0.15),
+                                 dict(num_blocks=2, spatial_scale=0.7))
+  mask_count_quantile: float = 0.1
+  predictor: dict = dataclasses.field(default_factory=lambda: dict(width=64, depth=2,
+                                                                   num_heads=4))
+  dense_loss: bool = False
+  dense_target_layers: Sequence[int] = (-1,)
+  dense_context_weight: float = 0.5
+  pixel_mean: Sequence[float] = vit.IMAGENET_MEAN
+  pixel_std: Sequence[float] = vit.IMAGENET_STD
+  dtype: str = 'float32'
+  log_every: int = 50
+  checkpoint_every: int = 500
+  max_to_keep: int = 2
+  probe_train_trajectories: int = 100
+  probe_val_trajectories: int = 50
+  probe_batch_size: int = 256
+
+  def __post_init__(self):
+    for name in ('batch_size', 'num_steps', 'num_frames', 'frameskip', 'log_every',
+                 'checkpoint_every', 'probe_train_trajectories', 'probe_val_trajectories'):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f'pretrain.{name} must be >= 1, got {getattr(self, name)}')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'pretrain.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}')
+    for name in ('ema_momentum', 'ema_momentum_end'):
+      value = getattr(self, name)
+      if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f'pretrain.{name} must be in [0, 1], got {value}')
+    if not self.mask_groups:
+      raise ValueError('pretrain.mask_groups is empty; give at least one mask group')
+    if self.dense_loss and not self.dense_target_layers:
+      raise ValueError('pretrain.dense_loss needs at least one dense_target_layers entry')
+
+
+def as_pretrain_config(section: Any) -> PretrainConfig:
+  """PretrainConfig from a ConfigDict / dict (unknown keys raise TypeError naming the key)."""
+  if isinstance(section, PretrainConfig):
+    return section
+  if hasattr(section, 'to_dict'):
+    section = section.to_dict()
+  return PretrainConfig(**dict(section))
+
+
+def encoder_config(encoder_section: Any, num_frames: int) -> vit.ViTConfig:
+  """ViTConfig from the `encoder` section (`preset` + overrides) for clips of `num_frames`."""
+  section = dict(encoder_section.to_dict() if hasattr(encoder_section, 'to_dict')
+                 else encoder_section)
+  preset = section.pop('preset', 'small')
+  section.setdefault('num_frames', num_frames)
+  config = vit.vit_config(preset, **section)
+  if num_frames % config.tubelet_size:
+    raise ValueError(f'pretrain.num_frames={num_frames} is not a multiple of '
+                     f'encoder.tubelet_size={config.tubelet_size}')
+  return config
+
+
+def token_grid(vit_config: vit.ViTConfig, num_frames: int) -> tuple[int, int, int]:
+  """(T', H', W') token grid of a clip of `num_frames` frames at the encoder resolution."""
+  if vit_config.image_size % vit_config.patch_size:
+    raise ValueError(f'encoder.image_size={vit_config.image_size} is not a multiple of '
+                     f'encoder.patch_size={vit_config.patch_size}')
+  side = vit_config.image_size // vit_config.patch_size
+  return (num_frames // vit_config.tubelet_size, side, side)
+
+
+def predictor_config(cfg: PretrainConfig, vit_config: vit.ViTConfig
+                     ) -> masked_predictor_lib.MaskedPredictorConfig:
+  """Masked predictor on the encoder's token space: one mask token per group, the encoder's
+  position scheme (RoPE stays RoPE; tables become the fixed sincos3d table), and an output of
+  `D * len(dense_target_layers)` features for the multi-level dense targets."""
+  levels = len(cfg.dense_target_layers) if cfg.dense_loss else 1
+  return masked_predictor_lib.MaskedPredictorConfig(**{
+      'embed_dim': vit_config.width,
+      'pos_embed': 'rope3d' if vit_config.pos_embed == 'rope3d' else 'sincos3d',
+      'num_mask_tokens': len(cfg.mask_groups),
+      'out_dim': vit_config.width * levels,
+      **dict(cfg.predictor)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The stage-1 modules and the static facts the step needs."""
+  encoder: vit.ViTEncoder
+  predictor: masked_predictor_lib.MaskedPredictor
+  grid: tuple[int, int, int]
+  mask_groups: tuple[masks_lib.MaskGroupSpec, ...]
+  mask_counts: tuple[tuple[int, int], ...]
+
+  @property
+  def vit_config(self) -> vit.ViTConfig:
+    return self.encoder.config
+
+
+def build_models(config: Any) -> Models:
+  """Modules, token grid and fixed mask counts from the full experiment config."""
+  cfg = as_pretrain_config(config.pretrain)
+  vit_config = encoder_config(config.encoder, cfg.num_frames)
+  grid = token_grid(vit_config, cfg.num_frames)
+  groups = tuple(masks_lib.MaskGroupSpec(**{
+      k: tuple(v) if isinstance(v, list) else v for k, v in dict(g).items()})
+                 for g in cfg.mask_groups)
+  counts = tuple(masks_lib.mask_token_counts(g, grid, quantile=cfg.mask_count_quantile,
+                                             seed=int(config.seed)) for g in groups)
+  dtype = DTYPES[cfg.dtype]
+  return Models(encoder=vit.ViTEncoder(vit_config, dtype),
+                predictor=masked_predictor_lib.MaskedPredictor(
+                    predictor_config(cfg, vit_config), dtype),
+                grid=grid, mask_groups=groups, mask_counts=counts)
+
+
+def make_optimizer(cfg: PretrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (training.make_optimizer) and its learning-rate schedule (for logging)."""
+  kwargs = dict(learning_rate=cfg.lr, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+                total_steps=cfg.num_steps, final_lr_ratio=cfg.final_lr_ratio)
+  optimizer = training.make_optimizer(weight_decay=cfg.weight_decay,
+                                      grad_clip_norm=cfg.grad_clip_norm or None, **kwargs)
+  return optimizer, training.make_schedule(**kwargs)
+
+
+def ema_momentum(cfg: PretrainConfig, step: jax.Array) -> jax.Array:
+  """EMA momentum at `step`: constant, or linear from ema_momentum to ema_momentum_end."""
+  if cfg.ema_momentum_end is None:
+    return jnp.asarray(cfg.ema_momentum, jnp.float32)
+  frac = jnp.minimum(step.astype(jnp.float32) / cfg.num_steps, 1.0)
+  return cfg.ema_momentum + frac * (cfg.ema_momentum_end - cfg.ema_momentum)
+
+
+def init_state(key: jax.Array, models: Models, optimizer: optax.GradientTransformation
+               ) -> dict:
+  """Fresh train state.
+
+  Returns:
+    `{'params': {'encoder', 'predictor'}, 'target_encoder': copy of the encoder params,
+      'opt_state', 'step': int32 0}`.
+  """
+  vit_config = models.vit_config
+  num_t, side, _ = models.grid
+  video = jnp.zeros((1, num_t * vit_config.tubelet_size, vit_config.image_size,
+                     vit_config.image_size, vit_config.in_channels), jnp.float32)
+  encoder_key, predictor_key = jax.random.split(key)
+  encoder_params = models.encoder.init(encoder_key, video)['params']
+  num_context, num_target = models.mask_counts[0]
+  predictor_params = models.predictor.init(
+      predictor_key, jnp.zeros((1, num_context, vit_config.width), jnp.float32),
+      jnp.zeros((1, num_context), jnp.int32), jnp.zeros((1, num_target), jnp.int32),
+      models.grid)['params']
+  params = {'encoder': encoder_params, 'predictor': predictor_params}
+  return {'params': params,
+          'target_encoder': jax.tree_util.tree_map(jnp.copy, encoder_params),
+          'opt_state': optimizer.init(params),
+          'step': jnp.zeros((), jnp.int32)}
+
+
+def preprocess_clips(frames: jax.Array, vit_config: vit.ViTConfig, cfg: PretrainConfig
+                     ) -> jax.Array:
+  """uint8 `(B, T, S, S, 3)` -> normalised float32 `(B, T, I, I, 3)`, I = encoder image_size."""
+  return vit.preprocess_frames(frames, vit_config.image_size, tuple(cfg.pixel_mean),
+                               tuple(cfg.pixel_std))
+
+
+def target_features(models: Models, cfg: PretrainConfig, target_params: Any,
+                    video: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Regression targets of the whole clip and the raw final features (collapse monitor).
+
+  Returns:
+    `(targets (B, N, D * levels) float32, normalised per level; raw (B, N, D))`.
+  """
+  layers = tuple(cfg.dense_target_layers) if cfg.dense_loss else ()
+  out = models.encoder.apply({'params': target_params}, video, return_layers=layers)
+  final, levels = (out if layers else (out, [out]))
+  batch, dim = final.shape[0], final.shape[-1]
+  targets = jnp.concatenate(
+      [losses.normalize_targets(h.reshape(batch, -1, dim)) for h in levels], axis=-1)
+  return jax.lax.stop_gradient(targets), jax.lax.stop_gradient(final.reshape(batch, -1, dim))
+
+
+def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Sequence[dict],
+              models: Models, cfg: PretrainConfig) -> tuple[jax.Array, dict]:
+  """V-JEPA loss of one batch (see module docstring).
+
+  Args:
+    params: `{'encoder', 'predictor'}` trainable parameters.
+    target_params: EMA target encoder parameters.
+    video: `(B, T, I, I, 3)` normalised clips.
+    group_masks: per group `{'context_idx': (B, Kc_g), 'target_idx': (B, Kt_g)}` int32.
+
+  Returns:
+    `(loss, aux)` with aux scalars: per-group losses and the collapse monitor
+    `target_feature_std`: the std over the batch of each raw target feature (every token
+    position and dimension separately), averaged. It measures how much the features depend
+    on the clip's content and goes to 0 when the representation collapses (position-only
+    features that are the same for every clip count as collapsed).
+  """
+  targets, raw = target_features(models, cfg, target_params, video)
+  predictions, context_terms, aux = [], [], {}
+  for g, group in enumerate(group_masks):
+    context = models.encoder.apply({'params': params['encoder']}, video,
+                                   token_indices=group['context_idx'])
+    out = models.predictor.apply({'params': params['predictor']}, context,
+                                 group['context_idx'], group['target_idx'], models.grid,
+                                 mask_index=g, return_context=cfg.dense_loss)
+    if cfg.dense_loss:
+      out, context_pred = out
+      context_terms.append(losses.l1_loss(
+          context_pred, losses.gather_tokens(targets, group['context_idx'])))
+    predictions.append(out)
+    aux[f'loss_group{g}'] = losses.l1_loss(
+        out, losses.gather_tokens(targets, group['target_idx']))
+  loss = losses.masked_prediction_loss(predictions, targets,
+                                       [group['target_idx'] for group in group_masks])
+  if cfg.dense_loss:
+    aux['loss_masked'] = loss
+    aux['loss_context'] = jnp.mean(jnp.stack(context_terms))
+    loss = loss + cfg.dense_context_weight * aux['loss_context']
+  aux['target_feature_std'] = raw.astype(jnp.float32).std(axis=0).mean()
+  return loss, aux
+
+
+def make_train_step(models: Models, cfg: PretrainConfig, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable[[dict, dict], tuple[dict, dict]]:
+  """Pure `(state, batch) -> (state, metrics)`; batch has 'observations' and 'masks'."""
+  def train_step(state, batch):
+    video = preprocess_clips(batch['observations'], models.vit_config, cfg)
+    grad_fn = jax.value_and_grad(jepa_loss, has_aux=True)
+    (loss, aux), grads = grad_fn(state['params'], state['target_encoder'], video,
+                                 batch['masks'], models, cfg)
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    momentum = ema_momentum(cfg, state['step'])
+    target = training.ema_update(state['target_encoder'], params['encoder'], momentum)
+    metrics = {'loss': loss, **aux, 'grad_norm': optax.tree.norm(grads),
+               'lr': schedule(state['step']), 'ema_momentum': momentum}
+    return ({'params': params, 'target_encoder': target, 'opt_state': opt_state,
+             'step': state['step'] + 1}, metrics)
+  return train_step
+
+
+def model_batch(batch: dict) -> dict:
+  """The parts of a loader batch the step reads (drops actions / proprio / states)."""
+  return {'observations': batch['observations'], 'masks': batch['masks']}
+
+
+def sharded_setup(config: Any, mesh: jax.sharding.Mesh
+                  ) -> tuple[Models, PretrainConfig, dict, Callable[[dict, dict], tuple]]:
+  """Builds the models, the initial state laid out on `mesh`, and the jitted step.
+
+  Parameters, EMA target and optimiser moments are placed by `config.partition_rules`
+  (regexes on '/'-joined state paths); batch arrays are split over the ('data', 'fsdp') axes.
+  The step donates the state, so callers must use the returned state and drop the old one.
+
+  Returns:
+    `(models, cfg, state, step_fn)` with `step_fn(state, device_batch) -> (state, metrics)`.
+  """
+  cfg = as_pretrain_config(config.pretrain)
+  models = build_models(config)
+  optimizer, schedule = make_optimizer(cfg)
+  init_fn = functools.partial(init_state, models=models, optimizer=optimizer)
+  key = jax.random.key(int(config.seed))
+  rules = [tuple(r) for r in config.partition_rules]
+  abstract = jax.eval_shape(init_fn, key)
+  state_shardings = sharding_lib.param_shardings(abstract, mesh, rules)
+  state = jax.jit(init_fn, out_shardings=state_shardings)(key)
+  step_fn = jax.jit(make_train_step(models, cfg, optimizer, schedule),
+                    in_shardings=(state_shardings, sharding_lib.data_sharding(mesh)),
+                    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                    donate_argnums=0)
+  return models, cfg, state, step_fn
+
+
+def make_frame_encoder(models: Models, cfg: PretrainConfig, mesh: jax.sharding.Mesh
+                       ) -> Callable[[Any, np.ndarray], jax.Array]:
+  """Jitted `(encoder_params, frames uint8 (B, S, S, 3)) -> (B, 1, H', W', D)` tokens.
+
+  Each frame is a duplicated clip of `tubelet_size` frames (REFERENCE §1), as in stage 2.
+  Params may be sharded on `mesh`; the output is replicated so every host can read it.
+  """
+  vit_config = models.vit_config
+
+  @functools.partial(jax.jit, out_shardings=sharding_lib.replicated(mesh))
+  def encode(params, frames):
+    clips = vit.image_to_clip(preprocess_clips(frames, vit_config, cfg), vit_config.tubelet_size)
+    return models.encoder.apply({'params': params}, clips)
+  return encode
+
+
+def run_probe(encode: Callable[[np.ndarray], jax.Array], dataset_path: str,
+              cfg: PretrainConfig) -> dict:
+  """Ridge probes (flattened patch tokens, mean-pooled tokens) to the dot position.
+
+  Fit on every frame of the first `probe_train_trajectories` train trajectories, scored on
+  every frame of the first `probe_val_trajectories` validation trajectories.
+
+  Returns:
+    `{'patch': {'error_px', 'train_error_px', 'l2'}, 'mean': {...}, 'distance_spearman':
+      rank correlation of latent and dot distances on validation frames}`.
+  """
+  data = {}
+  for split, count in (('train', cfg.probe_train_trajectories),
+                       ('validation', cfg.probe_val_trajectories)):
+    trajectories = wall_tfds.load_trajectories(dataset_path, split, max_count=count)
+    frames = trajectories['observations'].reshape((-1,) + trajectories['observations'].shape[2:])
+    positions = trajectories['proprio'].reshape(-1, 2)
+    data[split] = (probe_lib.frame_features(encode, frames, cfg.probe_batch_size), positions)
+  (train_feats, train_pos), (val_feats, val_pos) = data['train'], data['validation']
+  results = {kind: probe_lib.fit_position_probe(train_feats[kind], train_pos, val_feats[kind],
+                                                val_pos)
+             for kind in ('patch', 'mean')}
+  results['distance_spearman'] = probe_lib.latent_distance_correlation(val_feats['patch'],
+                                                                       val_pos)
+  return results
+
+
+def locate_dataset(config: Any, data_dir: str) -> str:
+  """Folder of the Wall dataset for `config.data` under `data_dir`, with a clear error."""
+  path = wall_tfds.dataset_dir(data_dir, config.data, int(config.seed))
+  if not wall_tfds.is_complete(path):
+    raise FileNotFoundError(
+        f'no complete Wall dataset at {path} (data_dir={data_dir}); generate it with '
+        f'`python -m experiments.generate_data --config=experiments/configs/wall.py:'
+        f'{config.get("variant", "tiny")} --data_dir={data_dir}` or pass the right --data_dir')
+  return path
+
+
+def train(config: Any, workdir: str, data_dir: str) -> dict:
+  """Runs (or resumes) stage 1 and writes its outputs under `workdir`.
+
+  Writes: `checkpoints/` (resumable), TensorBoard events, `encoder/` (EMA target encoder via
+  `checkpoint.save_model(kind='vit', extra={'pixel_mean', 'pixel_std'})`) and `summary.json`.
+
+  Returns:
+    The summary dict: `probe_error_px` (flattened patch tokens of the trained encoder, grid
+    pixels, validation frames), `probe_error_px_random_encoder` (same probe on the initial
+    encoder), the mean-pooled variants, final metrics, steps/s and timings.
+  """
+  start_time = time.time()
+  workdir = os.path.abspath(workdir)
+  dataset_path = locate_dataset(config, data_dir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding_lib.make_mesh(dict(config.mesh))
+  models, cfg, state, step_fn = sharded_setup(config, mesh)
+  if cfg.batch_size % jax.process_count():
+    raise ValueError(f'pretrain.batch_size={cfg.batch_size} must be divisible by the '
+                     f'{jax.process_count()} processes')
+  logging.info('stage 1: token grid %s, mask counts (context, target) per group %s',
+               models.grid, models.mask_counts)
+  mask_transform = masks_lib.MultiBlockMaskTransform(models.grid, models.mask_groups,
+                                                     models.mask_counts)
+  data_iter = pipeline.make_clip_loader(
+      dataset_path, 'train', batch_size=cfg.batch_size // jax.process_count(),
+      num_frames=cfg.num_frames, frameskip=cfg.frameskip, seed=int(config.seed),
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      extra_transforms=[mask_transform])
+  checkpointer = checkpoint_lib.TrainCheckpointer(
+      os.path.join(workdir, 'checkpoints'), save_interval_steps=cfg.checkpoint_every,
+      max_to_keep=cfg.max_to_keep, config=config)
+
+  # The random-encoder baseline of the probe is this run's initialisation (copied before the
+  # step donates the state; on a resume it is the same deterministic init).
+  random_params = jax.tree_util.tree_map(jnp.copy, state['target_encoder'])
+  log_times = []  # (time, step) at each progress line, for the summary's steps/s
+
+  def on_log(step, metrics):
+    del metrics
+    log_times.append((time.perf_counter(), step))
+
+  train_start = time.perf_counter()
+  state, metrics = training.run_train_loop(
+      train_step=step_fn, state=state, data_iter=data_iter, checkpointer=checkpointer,
+      num_steps=cfg.num_steps, log_every=cfg.log_every, workdir=workdir,
+      shard_fn=lambda batch: sharding_lib.shard_batch(model_batch(batch), mesh), on_log=on_log)
+  train_seconds = time.perf_counter() - train_start
+  checkpointer.close()
+  # Steps/s after the first progress line (which includes compilation).
+  steps_per_sec = None
+  if len(log_times) >= 2:
+    (t0, s0), (t1, s1) = log_times[0], log_times[-1]
+    steps_per_sec = (s1 - s0) / max(t1 - t0, 1e-9)
+
+  target_params = state['target_encoder']
+  vit_dict = dataclasses.asdict(models.vit_config)
+  checkpoint_lib.save_model(
+      os.path.join(workdir, 'encoder'), kind='vit', config=vit_dict, params=target_params,
+      extra={'pixel_mean': np.asarray(cfg.pixel_mean, np.float32),
+             'pixel_std': np.asarray(cfg.pixel_std, np.float32)})
+
+  probe_start = time.perf_counter()
+  encode = make_frame_encoder(models, cfg, mesh)
+  trained = run_probe(functools.partial(encode, target_params), dataset_path, cfg)
+  random = run_probe(functools.partial(encode, random_params), dataset_path, cfg)
+  summary = {
+      'probe_error_px': trained['patch']['error_px'],
+      'probe_error_px_random_encoder': random['patch']['error_px'],
+      'probe_error_px_mean_pool': trained['mean']['error_px'],
+      'probe_error_px_mean_pool_random_encoder': random['mean']['error_px'],
+      'latent_distance_spearman': trained['distance_spearman'],
+      'latent_distance_spearman_random_encoder': random['distance_spearman'],
+      'probe_train_error_px': trained['patch']['train_error_px'],
+      'probe_l2': trained['patch']['l2'],
+      'final_metrics': metrics,
+      'num_steps': int(jax.device_get(state['step'])),
+      'steps_per_sec': steps_per_sec,
+      'train_seconds': train_seconds,
+      'probe_seconds': time.perf_counter() - probe_start,
+      'total_seconds': time.time() - start_time,
+      'token_grid': list(models.grid),
+      'mask_counts': [list(c) for c in models.mask_counts],
+      'encoder_path': os.path.join(workdir, 'encoder'),
+      'dataset_path': dataset_path,
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  logging.info('stage 1 done: probe error %.2f px (random encoder %.2f px)',
+               summary['probe_error_px'], summary['probe_error_px_random_encoder'])
+  return summary

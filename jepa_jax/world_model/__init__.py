@@ -1,0 +1,11 @@
+"""Stage 2: the action-conditioned world model on a frozen encoder.
+
+model.py     WorldModel (encode / encode_proprio / predict / unroll / env_actions) and its export
+losses.py    teacher forcing + "2roll" multistep rollout loss
+train.py     jitted, sharded train step and `train(config, workdir, data_dir, encoder_path)`
+validate.py  open-loop rollout error vs the constant-latent baseline
+"""
+
+from jepa_jax.world_model.model import WorldModel, load_world_model
+
+__all__ = ['WorldModel', 'load_world_model']

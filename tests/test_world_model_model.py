@@ -1,0 +1,199 @@
+"""WorldModel pure functions: sliding-window unroll, env actions, encode, export round trip."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jepa_jax import checkpoint
+from jepa_jax.models import vit
+from jepa_jax.world_model import model as model_lib
+
+B, H, W, D, A, PE = 2, 2, 2, 3, 4, 5
+
+
+def stand_in(z, a, pe):
+  """Frame-causal and window-position dependent: out_i = sum_{j<=i} (j+1) x_j / (i+1) + mean(a_i)."""
+  t = z.shape[1]
+  pos = jnp.arange(1, t + 1, dtype=jnp.float32)
+  weights = jnp.tril(jnp.ones((t, t))) * pos[None, :] / pos[:, None]
+  a_term = jnp.mean(a, -1)
+  z_out = 0.9 * jnp.einsum('ij,bjhwd->bihwd', weights, z) + a_term[:, :, None, None, None]
+  pe_out = None if pe is None else 0.9 * jnp.einsum('ij,bjp->bip', weights, pe) + a_term[..., None]
+  return z_out, pe_out
+
+
+def np_stand_in(x, a):
+  """One call of the stand-in on a window, float64 loops; x (B, T, ...), a (B, T, A)."""
+  out = np.zeros_like(x)
+  for i in range(x.shape[1]):
+    for j in range(i + 1):
+      out[:, i] += 0.9 * (j + 1) / (i + 1) * x[:, j]
+    out[:, i] += a[:, i].mean(-1).reshape((-1,) + (1,) * (x.ndim - 2))
+  return out
+
+
+def np_unroll(x0, actions):
+  """Reference sliding window of 2 with a Python list of (true or predicted) frames."""
+  frames = [x0]
+  for h in range(actions.shape[1]):
+    window = np.stack(frames[-2:], 1)
+    acts = actions[:, max(0, h - 1):h + 1]
+    frames.append(np_stand_in(window, acts)[:, -1])
+  return np.stack(frames[1:], 1)
+
+
+@pytest.mark.parametrize('horizon', [1, 2, 5])
+def test_sliding_window_unroll_matches_list_reference(horizon):
+  rng = np.random.default_rng(horizon)
+  z0 = rng.normal(size=(B, H, W, D))
+  pe0 = rng.normal(size=(B, PE))
+  actions = rng.normal(size=(B, horizon, A))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  zs, pes = jax.jit(lambda *x: model_lib.sliding_window_unroll(stand_in, *x))(
+      f32(z0), f32(pe0), f32(actions))
+  assert zs.shape == (B, horizon, H, W, D) and pes.shape == (B, horizon, PE)
+  np.testing.assert_allclose(zs, np_unroll(z0, actions), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pes, np_unroll(pe0, actions), rtol=1e-4, atol=1e-5)
+
+
+def test_unroll_without_proprio_and_under_vmap():
+  rng = np.random.default_rng(0)
+  z0 = jnp.asarray(rng.normal(size=(3, B, H, W, D)), jnp.float32)
+  actions = jnp.asarray(rng.normal(size=(3, B, 4, A)), jnp.float32)
+  zs, pes = jax.vmap(lambda z, a: model_lib.sliding_window_unroll(stand_in, z, None, a))(
+      z0, actions)
+  assert pes is None
+  for i in range(3):
+    np.testing.assert_allclose(zs[i], np_unroll(np.asarray(z0[i], np.float64),
+                                                np.asarray(actions[i], np.float64)),
+                               rtol=1e-4, atol=1e-5)
+
+
+# --- a real (tiny) WorldModel ----------------------------------------------------------------
+
+STATS = {'action_mean': np.array([0.1, -0.2], np.float32),
+         'action_std': np.array([1.5, 0.5], np.float32),
+         'proprio_mean': np.array([30.0, 20.0], np.float32),
+         'proprio_std': np.array([10.0, 5.0], np.float32)}
+FRAMESKIP = 3
+
+
+def tiny_model(predictor='adaln', proprio_emb_dim=4):
+  cfg = vit.vit_config('tiny', image_size=32, patch_size=16, width=16, depth=1, num_heads=2)
+  encoder = vit.ViTEncoder(cfg)
+  pred_cfg = {'adaln': dict(depth=1, num_heads=2), 'dino_wm': dict(depth=1, num_heads=2,
+              head_dim=8, mlp_dim=32, max_frames=3)}[predictor]
+  model = model_lib.build_world_model(
+      encoder=encoder, pixel_mean=vit.IMAGENET_MEAN, pixel_std=vit.IMAGENET_STD,
+      predictor_kind=predictor, predictor_config=pred_cfg, proprio_emb_dim=proprio_emb_dim,
+      stats=STATS, frameskip=FRAMESKIP)
+  key = jax.random.PRNGKey(0)
+  params = model_lib.init_trainable_params(model, key, num_frames=3)
+  params['encoder'] = encoder.init(key, jnp.zeros((1, 2, 32, 32, 3)))['params']
+  return model, params
+
+
+def test_env_actions_undo_reshape_and_normalisation():
+  model, _ = tiny_model()
+  rng = np.random.default_rng(0)
+  norm = rng.normal(size=(2, 4, FRAMESKIP * 2)).astype(np.float32)
+  raw = np.asarray(model.env_actions(jnp.asarray(norm)))
+  assert raw.shape == (2, 4 * FRAMESKIP, 2)
+  for h in range(4):
+    for f in range(FRAMESKIP):
+      expected = norm[:, h, 2 * f:2 * f + 2] * STATS['action_std'] + STATS['action_mean']
+      np.testing.assert_allclose(raw[:, h * FRAMESKIP + f], expected, rtol=1e-6)
+  with pytest.raises(ValueError, match='channels'):
+    model.env_actions(jnp.zeros((4, 5)))
+
+
+def test_encode_is_per_frame_duplicated_clip():
+  model, params = tiny_model()
+  frames = np.random.default_rng(1).integers(0, 256, size=(2, 3, 40, 40, 3), dtype=np.uint8)
+  z = model.encode(params, jnp.asarray(frames))
+  assert z.shape == (2, 3, 2, 2, 16)
+  # Frame (1, 2) alone, duplicated into a 2-frame clip by hand.
+  x = frames[1, 2].astype(np.float32) / 255.0
+  x = jax.image.resize(x, (32, 32, 3), 'linear', antialias=False)
+  x = (x - np.array(vit.IMAGENET_MEAN)) / np.array(vit.IMAGENET_STD)
+  clip = jnp.stack([x, x])[None].astype(jnp.float32)
+  alone = model.encoder.apply({'params': params['encoder']}, clip)[0, 0]
+  np.testing.assert_allclose(z[1, 2], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_encode_proprio_zscores_raw_positions():
+  model, params = tiny_model()
+  raw = jnp.array([[[30.0, 20.0], [40.0, 25.0]]])
+  pe = model.encode_proprio(params, raw)
+  kernel = params['proprio_encoder']['patch_embed']['kernel']
+  bias = params['proprio_encoder']['patch_embed']['bias']
+  expected = np.array([[0.0, 0.0], [1.0, 1.0]]) @ np.asarray(kernel) + np.asarray(bias)
+  np.testing.assert_allclose(pe[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unroll_first_step_is_single_frame_prediction():
+  model, params = tiny_model()
+  rng = np.random.default_rng(2)
+  z0 = jnp.asarray(rng.normal(size=(2, 2, 2, 16)), jnp.float32)
+  pe0 = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+  actions = jnp.asarray(rng.normal(size=(2, 3, 6)), jnp.float32)
+  zs, pes = jax.jit(model.unroll)(params, z0, pe0, actions)
+  z1, pe1 = model.predict(params, z0[:, None], actions[:, :1], pe0[:, None])
+  np.testing.assert_allclose(zs[:, 0], z1[:, 0], rtol=1e-5, atol=1e-6)
+  z2, pe2 = model.predict(params, jnp.stack([z0, z1[:, 0]], 1), actions[:, :2],
+                          jnp.stack([pe0, pe1[:, 0]], 1))
+  np.testing.assert_allclose(zs[:, 1], z2[:, 1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pes[:, 1], pe2[:, 1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('predictor,proprio', [('adaln', 4), ('dino_wm', 0)])
+def test_export_round_trip(tmp_path, predictor, proprio):
+  model, params = tiny_model(predictor, proprio)
+  model_lib.save_world_model(tmp_path / 'wm', model, params)
+  loaded, loaded_params = model_lib.load_world_model(tmp_path / 'wm')
+  assert loaded.frameskip == FRAMESKIP and loaded.predictor_kind == predictor
+  assert loaded.use_proprio == bool(proprio)
+  assert dataclasses.asdict(loaded.predictor.config) == dataclasses.asdict(model.predictor.config)
+  frames = np.random.default_rng(3).integers(0, 256, size=(1, 2, 32, 32, 3), dtype=np.uint8)
+  z = model.encode(params, jnp.asarray(frames))
+  np.testing.assert_allclose(loaded.encode(loaded_params, jnp.asarray(frames)), z, rtol=1e-6)
+  pe0 = None if not proprio else jnp.ones((1, proprio))
+  actions = jnp.ones((1, 2, 6))
+  for a, b in zip(jax.tree.leaves(model.unroll(params, z[:, 0], pe0, actions)),
+                  jax.tree.leaves(loaded.unroll(loaded_params, z[:, 0], pe0, actions))):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  for k in STATS:
+    np.testing.assert_array_equal(loaded.stats[k], STATS[k])
+
+
+def test_residual_option_adds_the_input(tmp_path):
+  model, params = tiny_model()
+  residual = dataclasses.replace(model, residual=True)
+  rng = np.random.default_rng(4)
+  z = jnp.asarray(rng.normal(size=(2, 3, 2, 2, 16)), jnp.float32)
+  pe = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  actions = jnp.asarray(rng.normal(size=(2, 3, 6)), jnp.float32)
+  out_z, out_pe = model.predict(params, z, actions, pe)
+  res_z, res_pe = residual.predict(params, z, actions, pe)
+  np.testing.assert_allclose(res_z, z + out_z, rtol=1e-6)
+  np.testing.assert_allclose(res_pe, pe + out_pe, rtol=1e-6)
+  model_lib.save_world_model(tmp_path / 'wm', residual, params)
+  assert model_lib.load_world_model(tmp_path / 'wm')[0].residual
+
+
+def test_load_world_model_rejects_other_kinds(tmp_path):
+  checkpoint.save_model(tmp_path / 'enc', kind='vit', config={}, params={'x': np.zeros(1)})
+  with pytest.raises(ValueError, match='world_model'):
+    model_lib.load_world_model(tmp_path / 'enc')
+
+
+def test_conflicting_derived_predictor_key_is_rejected():
+  encoder = vit.ViTEncoder(vit.vit_config('tiny', image_size=32, width=16, depth=1, num_heads=2))
+  with pytest.raises(ValueError, match='latent_dim'):
+    model_lib.build_world_model(
+        encoder=encoder, pixel_mean=vit.IMAGENET_MEAN, pixel_std=vit.IMAGENET_STD,
+        predictor_kind='adaln', predictor_config=dict(latent_dim=99), proprio_emb_dim=4,
+        stats=STATS, frameskip=FRAMESKIP)

@@ -96,6 +96,7 @@ def _summarise(config, stages: dict) -> dict:
       success_rate=planning['success_rate'],
       random_policy_success_rate=planning['random_policy_success_rate'],
       mean_final_distance=planning['mean_final_distance'],
+      random_policy_mean_final_distance=planning['random_policy_mean_final_distance'],
       episodes=planning['episodes'],
       plan_latency_s=planning['plan_latency_median_s'],
       stage_seconds=stage_seconds,
@@ -113,7 +114,8 @@ def format_summary(summary: dict) -> str:
       ('Wall success rate', f"{summary['success_rate']:.1%}"
        f"   (random policy {summary['random_policy_success_rate']:.1%},"
        f" {summary['episodes']} episodes)"),
-      ('mean final distance (px)', f"{summary['mean_final_distance']:.2f}"),
+      ('mean final distance (px)', f"{summary['mean_final_distance']:.2f}"
+       f"   (random policy {summary['random_policy_mean_final_distance']:.2f})"),
       ('plan latency (s)', f"{summary['plan_latency_s']:.3f}"),
       *((f'time: {name} (s)', f'{seconds:.1f}') for name, seconds in
         summary['stage_seconds'].items()),

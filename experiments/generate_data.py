@@ -1,7 +1,7 @@
 """Generates the Wall trajectory dataset (TFDS ArrayRecord + stats.json); no-op when complete.
 
   python -m experiments.generate_data --config=experiments/configs/wall.py:tiny --workdir=/tmp/wall
-writes `<workdir>/data/wall_trajectories/<config name>/1.0.0` (or under `--data_dir`).
+writes `<workdir>/data/wall_trajectories/<config name>/<version>` (or under `--data_dir`).
 """
 
 import os
@@ -11,9 +11,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import configs
+
 from jepa_jax.data import wall_tfds
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/wall.py:tiny')
+_CONFIG = config_flags.DEFINE_config_file('config', configs.WALL_TINY)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Job folder; the dataset goes to <workdir>/data.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: <workdir>/data).')
 

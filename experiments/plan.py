@@ -14,9 +14,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import configs
+
 from jepa_jax.planning import run
 
-config_flags.DEFINE_config_file('config', 'experiments/configs/wall.py:tiny',
+config_flags.DEFINE_config_file('config', configs.WALL_TINY,
                                 'Experiment config (file:variant).')
 flags.DEFINE_string('workdir', None, 'Stage-3 output directory.', required=True)
 flags.DEFINE_string('world_model', None,

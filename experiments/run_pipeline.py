@@ -10,10 +10,12 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import configs
+
 from jepa_jax import distributed
 from jepa_jax import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/wall.py:tiny',
+_CONFIG = config_flags.DEFINE_config_file('config', configs.WALL_TINY,
                                           'Experiment config file and variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for all stages and summary.json.',
                                required=True)

@@ -14,9 +14,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import configs
+
 from jepa_jax.world_model import train
 
-config_flags.DEFINE_config_file('config', 'experiments/configs/wall.py:tiny',
+config_flags.DEFINE_config_file('config', configs.WALL_TINY,
                                 'Experiment config (file:variant).')
 flags.DEFINE_string('workdir', None, 'Stage-2 working directory.', required=True)
 flags.DEFINE_string('data_dir', None, 'TFDS data_dir of the dataset (default <workdir>/../data).')

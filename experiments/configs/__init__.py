@@ -1,0 +1,6 @@
+"""Experiment configs (`ml_collections`), selected as `--config=<file>.py:<variant>`."""
+
+import os
+
+# The binaries' default `--config`, found next to this file so that it works from any directory.
+WALL_TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'wall.py') + ':tiny'

@@ -172,8 +172,11 @@ def train_stats(config: WallTrajectoriesConfig) -> dict:
 class WallTrajectories(tfds.core.GeneratorBasedBuilder):
   """DotWall random-walk trajectories (REFERENCE §6); build with `generate`."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Random-walk DotWall trajectories rendered in JAX.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Random-walk DotWall trajectories rendered in JAX.',
+      '1.1.0': 'Walks keep pushing into walls (reference random walk; no heading reversal).',
+  }
 
   def __init__(self, *, config: WallTrajectoriesConfig, data_dir: str, **kwargs):
     super().__init__(config=config, data_dir=data_dir, file_format='array_record', **kwargs)

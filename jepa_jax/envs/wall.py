@@ -292,13 +292,16 @@ def sample_von_mises(key, kappa, shape=(), num_tries=16):
 
 
 def random_walk_actions(key, num_steps, start, *, kappa=8.0, step_mean=1.0, step_std=0.4,
-                        step_low=0.2, step_high=1.8, door_bias_prob=0.5, door_reach=3.0):
+                        step_low=0.2, step_high=1.8, door_bias_prob=0.5, door_reach=3.0,
+                        reverse_on_block=False):
   """Training-data policy: a random walk whose actions depend on the visited positions.
 
   Step length ~ normal(step_mean, step_std) truncated to [step_low, step_high]; action =
   length * (cos h, sin h) (the env then moves 2 * action). The heading h is a random walk
-  with von Mises(0, kappa) increments, starting uniform; after a step that hit a wall or a door
-  edge the heading is reversed so the dot does not slide along walls.
+  with von Mises(0, kappa) increments, starting uniform, as in the reference: a walk that runs
+  into a wall keeps pushing against it until its heading drifts away, which is the data that
+  teaches a world model that walls block. With `reverse_on_block` the heading is instead
+  reversed after any step that hit a wall or a door edge.
   Door bias: with probability `door_bias_prob` a trajectory first heads for the door entry on
   its own side (x = 32 -+ 6, y = 30) until within `door_reach` px of it (or inside the door),
   then for the exit point on the far side, and once past the far wall face (by 1 px) it goes
@@ -310,6 +313,7 @@ def random_walk_actions(key, num_steps, start, *, kappa=8.0, step_mean=1.0, step
     start: f32 (2,) start position (rollout(start, actions) reproduces the walk).
     door_bias_prob: float in [0, 1] (may be a traced scalar).
     kappa, step_*, door_reach: static Python floats.
+    reverse_on_block: static Python bool.
   Returns:
     f32 (T, 2) env actions.
   """
@@ -351,8 +355,9 @@ def random_walk_actions(key, num_steps, start, *, kappa=8.0, step_mean=1.0, step
     heading = jnp.where(biased & (phase < 2), aim, heading) + dh
     action = length * jnp.stack([jnp.cos(heading), jnp.sin(heading)])
     nxt = transition(pos, action)
-    blocked = jnp.any(jnp.abs(nxt - (pos + ACTION_SCALE * action)) > 1e-4)
-    heading = jnp.where(blocked, heading + jnp.pi, heading)
+    if reverse_on_block:
+      blocked = jnp.any(jnp.abs(nxt - (pos + ACTION_SCALE * action)) > 1e-4)
+      heading = jnp.where(blocked, heading + jnp.pi, heading)
     return (nxt, heading, phase), action
 
   _, actions = jax.lax.scan(step, (start, heading0, jnp.int32(0)), (lengths, noise))

@@ -2,7 +2,7 @@
 
 Variants:
   smoke  a few minutes on 2 CPU cores (CI): the pipeline runs end to end.
-  tiny   the CPU default (about 20 minutes for the whole pipeline on 2 cores).
+  tiny   the CPU default (about 11 minutes for the whole pipeline on 2 cores, 86 % Wall success).
   paper  paper scale for accelerators (224 px, ViT-S/16 encoder, depth-6 AdaLN predictor,
          CEM 300 x 30).
 Each section is read by one stage; override any key with `--config.section.key=value`.

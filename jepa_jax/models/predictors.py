@@ -55,8 +55,12 @@ class ProprioEncoder(nn.Module):
                     bias_init=init, name='patch_embed')(proprio)
 
 
-def _check_inputs(name, latents, actions, proprio_emb, *, latent_dim, action_dim,
-                  proprio_emb_dim, grid_size):
+def _check_inputs(module, latents, actions, proprio_emb):
+  """Validates the common predictor inputs against `module.config`; returns latents.shape."""
+  name = type(module).__name__
+  cfg = module.config
+  latent_dim, action_dim = cfg.latent_dim, cfg.action_dim
+  proprio_emb_dim, grid_size = cfg.proprio_emb_dim, cfg.grid_size
   if latents.ndim != 5:
     raise ValueError(f'{name}: latents must be (B, T, H, W, D), got shape {latents.shape}')
   batch, frames, height, width, dim = latents.shape
@@ -74,6 +78,7 @@ def _check_inputs(name, latents, actions, proprio_emb, *, latent_dim, action_dim
   if proprio_emb is not None and proprio_emb.shape != (batch, frames, proprio_emb_dim):
     raise ValueError(f'{name}: proprio_emb must be {(batch, frames, proprio_emb_dim)}, got '
                      f'{proprio_emb.shape}')
+  return latents.shape
 
 
 def _concat_proprio(x, proprio_emb):
@@ -127,10 +132,7 @@ class AdaLNPredictor(nn.Module):
     """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
     del deterministic  # no dropout in this model
     cfg = self.config
-    _check_inputs('AdaLNPredictor', latents, actions, proprio_emb, latent_dim=cfg.latent_dim,
-                  action_dim=cfg.action_dim, proprio_emb_dim=cfg.proprio_emb_dim,
-                  grid_size=cfg.grid_size)
-    batch, frames, height, width, _ = latents.shape
+    batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb)
     embed_dim = cfg.embed_dim or cfg.latent_dim
     x = layers.dense(embed_dim, self.dtype, 'predictor_embed')(latents)
     x = _concat_proprio(x, proprio_emb)
@@ -186,10 +188,7 @@ class DinoWMPredictor(nn.Module):
   def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True):
     """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
     cfg = self.config
-    _check_inputs('DinoWMPredictor', latents, actions, proprio_emb, latent_dim=cfg.latent_dim,
-                  action_dim=cfg.action_dim, proprio_emb_dim=cfg.proprio_emb_dim,
-                  grid_size=cfg.grid_size)
-    batch, frames, height, width, _ = latents.shape
+    batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb)
     if frames > cfg.max_frames:
       raise ValueError(f'DinoWMPredictor: {frames} frames > max_frames {cfg.max_frames} (the '
                        'learned position table); raise max_frames or shorten the context')
@@ -249,10 +248,7 @@ class VJEPA2ACPredictor(nn.Module):
     """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
     del deterministic  # no dropout in this model
     cfg = self.config
-    _check_inputs('VJEPA2ACPredictor', latents, actions, proprio_emb, latent_dim=cfg.latent_dim,
-                  action_dim=cfg.action_dim, proprio_emb_dim=cfg.proprio_emb_dim,
-                  grid_size=cfg.grid_size)
-    batch, frames, height, width, _ = latents.shape
+    batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb)
     patches = height * width
     x = layers.dense(cfg.embed_dim, self.dtype, 'predictor_embed')(latents)
     x = x.reshape(batch, frames, patches, cfg.embed_dim)

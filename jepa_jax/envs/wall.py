@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jepa_jax.envs import base
+
 GRID_SIZE = 65
 BORDER_LOW = 4.0
 BORDER_HIGH = 60.0
@@ -362,3 +364,33 @@ def random_walk_actions(key, num_steps, start, *, kappa=8.0, step_mean=1.0, step
 
   _, actions = jax.lax.scan(step, (start, heading0, jnp.int32(0)), (lengths, noise))
   return actions
+
+
+def _distance(pos, goal):
+  return jnp.linalg.norm(goal - pos, axis=-1)
+
+
+def _collect_actions(key, start, length):
+  return random_walk_actions(key, length, start)
+
+
+ENV = base.Environment(
+    name='wall',
+    state_dim=2,
+    action_dim=2,
+    proprio_dim=2,
+    frameskip=5,
+    episode_steps=EPISODE_STEPS,
+    step=transition,
+    render=render,
+    proprio=lambda pos: pos,
+    is_success=is_success,
+    distance=_distance,
+    sample_start_goal=sample_start_goal,
+    random_state=random_start,
+    collect_actions=_collect_actions,
+    probe_targets=lambda pos: pos,
+    oracle_cost=lambda pos, goal: jnp.sum(jnp.square(goal - pos), axis=-1),
+    probe_target_names=('x', 'y'),
+    distance_unit='px',
+)

@@ -8,16 +8,21 @@ r"""Converts a PyTorch checkpoint (DINOv2, reference AdaLN / DINO-WM predictor) 
 Needs torch (`pip install 'jepa_jax[torch]'`). The file is read with weights_only=True.
 Sizes are inferred from the tensors; what they cannot tell (heads, latent grid) comes from flags.
 See jepa_jax/convert/ for the exact rules.
+
+--output must be a new or empty folder, or an earlier conversion; it is replaced only once the
+new export is complete. A folder holding other files, or the input itself, is refused.
 """
 
-from absl import app
 from absl import flags
 
+from experiments import cli
+from jepa_jax import console
 from jepa_jax import convert
 
 _KIND = flags.DEFINE_enum('kind', None, list(convert.CONVERT_KINDS), 'Checkpoint kind.')
 _INPUT = flags.DEFINE_string('input', None, 'PyTorch .pth / .pth.tar file.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Directory of the Orbax export (overwritten).')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'Folder of the Orbax export: new, empty, or an earlier conversion.')
 _NUM_HEADS = flags.DEFINE_integer(
     'num_heads', None, 'Attention heads (dinov2: default width // 64; adaln: default 16).')
 _IMAGE_SIZE = flags.DEFINE_integer(
@@ -32,19 +37,23 @@ flags.mark_flags_as_required(['kind', 'input', 'output'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv
   if _KIND.value == 'dinov2':
     options = dict(num_heads=_NUM_HEADS.value, image_size=_IMAGE_SIZE.value)
   else:
-    options = dict(grid_size=tuple(int(g) for g in _GRID.value))
+    try:
+      grid = tuple(int(g) for g in _GRID.value)
+    except ValueError:
+      raise ValueError(f'--grid_size={",".join(_GRID.value)} must be two integers H,W, '
+                       'e.g. --grid_size=16,16') from None
+    options = dict(grid_size=grid)
     if _KIND.value == 'adaln':
       options.update(num_heads=_NUM_HEADS.value or 16, max_frames=_MAX_FRAMES.value)
     else:
       options.update(head_dim=_HEAD_DIM.value, latent_dim=_LATENT_DIM.value)
   config = convert.convert_checkpoint(_KIND.value, _INPUT.value, _OUTPUT.value, **options)
-  print(f'wrote {_OUTPUT.value}: {config}')
+  console.result('convert_checkpoint', f'wrote {_OUTPUT.value}: {config}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

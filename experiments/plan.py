@@ -1,41 +1,46 @@
-r"""Stage 3: MPC planning on Wall with the exported world model (or the true-dynamics oracle).
+r"""Stage 3: plan with the exported world model (or the true-dynamics oracle) and evaluate.
 
   python -m experiments.plan --config=experiments/configs/wall.py:tiny --workdir=/tmp/run/planning \
       [--world_model=/tmp/run/world_model/model]
-  python -m experiments.plan --config=experiments/configs/wall.py:tiny --workdir=/tmp/oracle --oracle
+  python -m experiments.plan --config=experiments/configs/point_maze.py:tiny --workdir=/tmp/oracle \
+      --oracle
 
-Writes <workdir>/results.json (success_rate, random_policy_success_rate, mean_final_distance,
-episodes, planner settings, plan_latency_median_s, ...), results.png and gifs/episode_<i>.gif.
+Writes <workdir>/results.json (success rate with its 95 % interval, the random policy on the same
+episodes, final distances, planner settings, protocol, latency, provenance), results.png and
+gifs/episode_<i>.gif.
 """
 
-import json
-
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments import configs
-
+from jepa_jax import console, layout, outputs
 from jepa_jax.planning import run
 
-config_flags.DEFINE_config_file('config', configs.WALL_TINY,
-                                'Experiment config (file:variant).')
+config_flags.DEFINE_config_file('config', configs.WALL_TINY, 'Experiment config (file:variant).')
 flags.DEFINE_string('workdir', None, 'Stage-3 output directory.', required=True)
 flags.DEFINE_string('world_model', None,
                     'Exported stage-2 model (default <workdir>/../world_model/model).')
-flags.DEFINE_bool('oracle', False, 'Plan with the true Wall dynamics (no learned model).')
+flags.DEFINE_bool('oracle', False, 'Plan with the true dynamics (no learned model).')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  results = run.run_planning(FLAGS.workdir, FLAGS.config, FLAGS.world_model,
-                             use_oracle=FLAGS.oracle)
-  keys = ('agent', 'success_rate', 'random_policy_success_rate', 'mean_final_distance',
-          'episodes', 'plan_latency_median_s', 'eval_wall_s')
-  print(json.dumps({k: results[k] for k in keys}, indent=2))
+  del argv
+  run.planning_rows(FLAGS.config)  # every row's settings are checked before any work
+  world_model = None if FLAGS.oracle else (
+      FLAGS.world_model or layout.sibling(FLAGS.workdir, layout.WORLD_MODEL_EXPORT))
+  workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='planning',
+                                       inputs=[world_model] if world_model else [])
+  with outputs.WorkdirLock(workdir):
+    results = run.run_planning(workdir, FLAGS.config, world_model, use_oracle=FLAGS.oracle)
+  ci = results['success_ci']
+  console.result('stage 3', f"{results['agent']}: success {results['success_rate']:.1%} "
+                 f"[{ci['low']:.1%}, {ci['high']:.1%}] on {results['episodes']} {results['episode_set']} "
+                 f"episodes (random policy {results['random_policy_success_rate']:.1%}); "
+                 f"{workdir}/results.json")
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -1,26 +1,22 @@
-r"""Stage 1: V-JEPA pretraining of the ViT encoder on Wall clips, then a linear probe.
+r"""Stage 1: train the ViT encoder on an environment's clips (V-JEPA), then probe it.
 
   python -m experiments.pretrain --config=experiments/configs/wall.py:tiny \
       --workdir=/tmp/run/pretrain [--data_dir=/tmp/run/data]
 
 Resumes from the latest checkpoint in --workdir. Writes the EMA target encoder to
-<workdir>/encoder (stage 2 loads it) and <workdir>/summary.json with the probe errors.
+<workdir>/encoder (stage 2 loads it) and <workdir>/summary.json with the probes, each next to
+the same probe on the random-init encoder.
 """
 
-import json
-import os
-
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments import configs
-
-from jepa_jax import distributed
+from jepa_jax import console, layout, outputs
 from jepa_jax.pretrain import train
 
-config_flags.DEFINE_config_file('config', configs.WALL_TINY,
-                                'Experiment config (file:variant).')
+config_flags.DEFINE_config_file('config', configs.WALL_TINY, 'Experiment config (file:variant).')
 flags.DEFINE_string('workdir', None, 'Stage-1 working directory.', required=True)
 flags.DEFINE_string('data_dir', None, 'TFDS data_dir of the dataset (default <workdir>/../data).')
 FLAGS = flags.FLAGS
@@ -28,15 +24,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  distributed.maybe_initialize()
-  workdir = os.path.abspath(FLAGS.workdir)
-  data_dir = FLAGS.data_dir or os.path.join(os.path.dirname(workdir), 'data')
-  summary = train.train(FLAGS.config, workdir, data_dir)
-  keys = ('probe_error_px', 'probe_error_px_random_encoder', 'probe_error_px_mean_pool',
-          'probe_error_px_mean_pool_random_encoder', 'latent_distance_spearman',
-          'latent_distance_spearman_random_encoder', 'steps_per_sec', 'total_seconds')
-  print(json.dumps({k: summary[k] for k in keys}, indent=2))
+  workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='pretrain')
+  train.as_pretrain_config(FLAGS.config.pretrain)
+  with outputs.WorkdirLock(workdir):
+    summary = train.train(FLAGS.config, workdir, FLAGS.data_dir or layout.sibling(workdir, 'data'))
+  console.result('stage 1', f"probe error {summary['probe_error_px']:.3g} (random init "
+                 f"{summary['probe_error_px_random_encoder']:.3g}); encoder {summary['encoder_path']}")
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -1,31 +1,40 @@
-"""The main job: generate Wall data, pretrain (V-JEPA), train the world model, plan.
+r"""The main job: generate data, train the encoder (stage 1), the world model (stage 2), plan.
 
   python -m experiments.run_pipeline --workdir=/tmp/jepa_wall
-  python -m experiments.run_pipeline --workdir=DIR --config=experiments/configs/wall.py:paper
+  python -m experiments.run_pipeline --workdir=DIR --config=experiments/configs/point_maze.py:tiny
+  python -m experiments.run_pipeline --workdir=DIR --ablation      # + pixels/proprio ablation
+  python -m experiments.run_pipeline --workdir=DIR --seeds=3       # 3 training seeds, mean +- CI
 
-Re-running the same command resumes an interrupted job.
+Re-running the same command resumes an interrupted job; a changed setting is an error unless
+--overwrite is given.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments import configs
-
-from jepa_jax import distributed
-from jepa_jax import pipeline
+from jepa_jax import main_job
 
 _CONFIG = config_flags.DEFINE_config_file('config', configs.WALL_TINY,
                                           'Experiment config file and variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for all stages and summary.json.',
                                required=True)
+_OVERWRITE = flags.DEFINE_bool('overwrite', False,
+                               'Rerun stages whose settings changed (old folders are kept).')
+_SEEDS = flags.DEFINE_integer('seeds', 1, 'Training seeds (config.seed, +1, ...); with more than '
+                              'one, each runs in <workdir>/seed_<s> and summary.json reports the '
+                              'mean over seeds with a 95 % interval.')
+_ABLATION = flags.DEFINE_bool('ablation', False,
+                              'Also run the pixels-only / proprio-only / pixels + proprio rows, '
+                              'each with the trained and a random-init encoder (ablation.json).')
 
 
 def main(argv):
   del argv
-  distributed.maybe_initialize()
-  pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
+  main_job.run_job(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                   seeds=_SEEDS.value, ablation=_ABLATION.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -4,23 +4,49 @@ Training checkpoints (`TrainCheckpointer`) hold three items per step, so a preem
 exactly: `state` (the train-state pytree: params, optimiser state, step, rng, ...), `data_iter`
 (the grain iterator position) and `config` (JSON). Orbax writes each step into a temporary
 directory (`<step>.orbax-checkpoint-tmp...`) and renames it once complete, so a half-written step
-is never seen by `latest_step` and never restored.
+is never seen by `latest_step` and never restored. A finished step that was damaged later (a
+truncated file) is skipped on restore with a one-line warning: the newest intact step is restored
+and the damaged ones are moved to `<directory>/corrupt_steps/`. A checkpoint whose tree or shapes
+do not fit the model being resumed (a changed depth or width) is refused in one line.
 
 Exported models (`save_model` / `load_model`) bridge the stages: a directory with the `params`
 pytree and a JSON `metadata` item `{'kind', 'config', 'extra'}`, so a later stage rebuilds the
-module from the checkpoint alone.
+module from the checkpoint alone. Each export records its files' sizes (`file_sizes.json`), so
+a truncated or missing file is named before orbax reads anything; any damaged export is one
+ValueError naming the file and the fix. Exports are replaced atomically, never hold NaN/Inf, and
+never overwrite a folder that is not an export.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
 import grain.checkpoint as grain_checkpoint
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jepa_jax import outputs
+
+CORRUPT_STEPS_DIRNAME = 'corrupt_steps'
+# Written by save_model into each export: {file: bytes}, checked by load_model before reading.
+EXPORT_SIZES_FILENAME = 'file_sizes.json'
+# How many differing leaves an incompatibility message lists.
+_MAX_LISTED_LEAVES = 3
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The checkpoint's tree or array shapes differ from the model's (e.g. a changed depth)."""
 
 
 def _to_json(value: Any) -> Any:
@@ -80,12 +106,21 @@ class TrainCheckpointer:
         save_decision_policy=policies.AnySavePolicy([
             policies.FixedIntervalPolicy(save_interval_steps),
             policies.PreemptionCheckpointingPolicy()]))
+    # Explicit handlers: orbax can then read every item's metadata, and restoring a subset of
+    # the items does not warn about the others.
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=('state', 'data_iter', 'config'))
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data_iter': grain_checkpoint.CheckpointHandler(),
+                       'config': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     """Newest step: saved (or being saved) by this manager, or finished on disk; else None."""
     return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` would write (interval or preemption policy)."""
+    return self._manager.should_save(int(step))
 
   def save(self, step: int, state: Any, data_iter: Any = None, force: bool = False) -> bool:
     """Saves `state` (and the iterator position) at `step` if due; returns whether it saved.
@@ -101,7 +136,11 @@ class TrainCheckpointer:
     return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
   def restore_or_none(self, abstract_state: Any, data_iter: Any = None) -> Any | None:
-    """Restores the latest step into the layout of `abstract_state`, or returns None.
+    """Restores the newest intact step into the layout of `abstract_state`, or returns None.
+
+    A damaged step (unreadable or truncated files) is skipped with a one-line warning and moved
+    to `<directory>/corrupt_steps/`, so `latest_step()` then names the restored step and
+    training continues from it.
 
     Args:
       abstract_state: tree of `jax.ShapeDtypeStruct` with `sharding` set (see `abstract_like`)
@@ -110,23 +149,69 @@ class TrainCheckpointer:
 
     Returns:
       The restored state, or None when the directory holds no finished checkpoint.
+
+    Raises:
+      IncompatibleCheckpointError: the saved tree or shapes differ from `abstract_state`.
+      ValueError: every step is damaged.
     """
-    step = self._manager.latest_step()
-    if step is None:
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       return None
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-      items['data_iter'] = grain_checkpoint.CheckpointRestore(data_iter)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored['state']
+    damaged = []
+    _drop_abandoned_read_reports()
+    for step in steps:
+      try:
+        stored = self._manager.item_metadata(step)['state']
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append((step, _short_reason(e)))
+        continue
+      if stored is not None:  # None: orbax could not read the tree metadata
+        _check_compatible(stored, abstract_state, f'checkpoint step {step} in {self.directory}')
+      items = {'state': ocp.args.StandardRestore(abstract_state)}
+      if data_iter is not None:
+        items['data_iter'] = grain_checkpoint.CheckpointRestore(data_iter)
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      except IncompatibleCheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append((step, _short_reason(e)))
+        continue
+      if damaged:
+        self._set_aside(damaged, restored_step=step)
+      return restored['state']
+    raise ValueError(
+        f'every checkpoint step in {self.directory} is damaged (step {damaged[0][0]}: '
+        f'{damaged[0][1]}); delete {self.directory} to start the stage afresh')
+
+  def _set_aside(self, damaged: list[tuple[int, str]], restored_step: int) -> None:
+    """Moves damaged steps out of the manager's sight (a newer step blocks later saves)."""
+    steps = ', '.join(str(step) for step, _ in damaged)
+    logging.warning('%s: step %s damaged (%s); resuming from step %d, damaged steps moved to %s',
+                    self.directory, steps, damaged[0][1], restored_step,
+                    os.path.join(self.directory, CORRUPT_STEPS_DIRNAME))
+    if jax.process_index() == 0:
+      aside = os.path.join(self.directory, CORRUPT_STEPS_DIRNAME)
+      os.makedirs(aside, exist_ok=True)
+      for step, _ in damaged:
+        source = os.path.join(self.directory, str(step))
+        if os.path.isdir(source):
+          os.rename(source, os.path.join(aside, f'{step}.{int(time.time())}'))
+    _sync('jepa_jax_checkpoint_set_aside')
+    self._manager.reload()
 
   def restore_config(self) -> dict | None:
-    """The JSON config stored with the latest step (None if no step or no config)."""
-    step = self._manager.latest_step()
-    if step is None or 'config' not in self._manager.item_metadata(step):
-      return None
-    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return _from_json(restored['config'])
+    """The JSON config stored with the newest readable step (None if no step or no config)."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        if 'config' not in self._manager.item_metadata(step):
+          return None
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+      except Exception:  # pylint: disable=broad-except
+        continue  # damaged step; restore_or_none reports and sets it aside
+      return _from_json(restored['config'])
+    return None
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -136,24 +221,198 @@ class TrainCheckpointer:
     self._manager.close()
 
 
+def _leaf_name(path: tuple) -> str:
+  """'params/blocks_0/attn/qkv/kernel' for a key path (dict keys, attributes and indices)."""
+  parts = []
+  for key in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return '/'.join(parts)
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_leaf_name(path): tuple(np.shape(leaf) if not hasattr(leaf, 'shape') else leaf.shape)
+          for path, leaf in leaves}
+
+
+def _check_compatible(stored: Any, abstract_state: Any, what: str) -> None:
+  """Raises IncompatibleCheckpointError (one line, the first differing leaves) when the stored
+  tree metadata and the restore target differ in leaf names or shapes (dtypes may differ:
+  restoring casts)."""
+  saved, wanted = _leaf_shapes(stored), _leaf_shapes(abstract_state)
+  differences = [f'{name}: saved {saved[name]}, model {wanted[name]}'
+                 for name in sorted(saved.keys() & wanted.keys()) if saved[name] != wanted[name]]
+  differences += [f'{name}: only in the model' for name in sorted(wanted.keys() - saved.keys())]
+  differences += [f'{name}: only in the checkpoint' for name in sorted(saved.keys() - wanted.keys())]
+  if differences:
+    listed = '; '.join(differences[:_MAX_LISTED_LEAVES])
+    more = len(differences) - _MAX_LISTED_LEAVES
+    raise IncompatibleCheckpointError(
+        f'{what} does not fit the model being trained ({len(differences)} differing leaves: '
+        f'{listed}{f"; {more} more" if more > 0 else ""}); the model config changed since it was '
+        'saved: rerun with the original config, or use a fresh --workdir to train the new model')
+
+
+def _short_reason(error: BaseException) -> str:
+  """The first line of an orbax/TensorStore error, without the JSON spec dumps it may carry."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  text = text.split(' See full TensorStore details')[0]
+  if len(text) > 240:
+    text = text[:240] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _damaged_file(error: BaseException, root: str) -> str | None:
+  """The file below `root` that an orbax/TensorStore error message names, if any."""
+  found = re.findall(re.escape(root) + r'[^\s"\'<>,)]*', str(error))
+  files = [f.rstrip('/:.') for f in found if os.path.isfile(f.rstrip('/:.'))]
+  return files[-1] if files else (found[-1].rstrip('/:.') if found else None)
+
+
+def _drop_abandoned_read_reports() -> None:
+  """Drops the reports of orbax's abandoned parallel reads (call before reading a step).
+
+  When one array of a damaged step fails to read, orbax raises that error, and its other
+  in-flight reads are abandoned; Python reports each of them later as 'Exception ignored in
+  <coroutine ...>' with dozens of lines of TensorStore spec, or as 'Event loop is closed'. The
+  failure itself is still raised (and reported in one line); only these echoes are dropped.
+  Installed once, process-wide; every other unraisable exception is reported as before.
+  """
+  global _REPORTS_DROPPED
+  if _REPORTS_DROPPED:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    text = str(unraisable.exc_value)
+    if not (text.startswith('Encountered error while reading array index')
+            or (isinstance(unraisable.exc_value, RuntimeError)
+                and text == 'Event loop is closed')):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  _REPORTS_DROPPED = True
+
+
+_REPORTS_DROPPED = False
+
+
 def _model_handler() -> ocp.CompositeCheckpointHandler:
   # Explicit item handlers so `metadata()` can read the params tree without restoring it.
   return ocp.CompositeCheckpointHandler(
       params=ocp.StandardCheckpointHandler(), metadata=ocp.JsonCheckpointHandler())
 
 
+def is_export(path: str | os.PathLike) -> bool:
+  """True when `path` is a folder written by `save_model` (it has the metadata item)."""
+  path = os.fspath(path)
+  return (os.path.isdir(os.path.join(path, 'metadata'))
+          and os.path.isfile(os.path.join(path, '_CHECKPOINT_METADATA')))
+
+
+def _file_sizes(folder: str) -> dict[str, int]:
+  """{path relative to `folder`: bytes} of the files of an export (its own bookkeeping aside)."""
+  sizes = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      relative = os.path.relpath(os.path.join(root, name), folder)
+      if relative not in (EXPORT_SIZES_FILENAME, outputs.MARKER_FILENAME):
+        sizes[relative] = os.path.getsize(os.path.join(root, name))
+  return sizes
+
+
+def _check_file_sizes(path: str) -> None:
+  """Raises a one-line ValueError naming the first export file that is missing or whose size
+  changed since `save_model` wrote it (exports older than the size record are not checked).
+
+  Checked before orbax reads anything: a truncated file then never reaches orbax, whose
+  abandoned parallel reads echo the failure in many lines."""
+  record = os.path.join(path, EXPORT_SIZES_FILENAME)
+  if not os.path.isfile(record):
+    return
+  try:
+    with open(record) as f:
+      expected = json.load(f)
+  except (OSError, ValueError):
+    raise ValueError(f'exported model {path}: {record} is unreadable; re-run the stage that wrote '
+                     f'it (or delete {path} and rerun)') from None
+  for relative, size in sorted(expected.items()):
+    file = os.path.join(path, relative)
+    found = os.path.getsize(file) if os.path.isfile(file) else None
+    if found != size:
+      state = 'is missing' if found is None else f'has {found} bytes, the export wrote {size}'
+      raise ValueError(f'exported model {path}: {file} {state} (truncated or replaced); re-run the '
+                       f'stage that wrote it (or delete {path} and rerun)')
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def first_non_finite_leaf(params: Any) -> str | None:
+  """'name (k of n values)' of the first params leaf holding NaN or Inf, or None.
+
+  Only float leaves are checked; every process must call it (global arrays are reduced).
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):  # bfloat16 included
+      continue
+    bad = int(jax.device_get(jnp.sum(~jnp.isfinite(leaf))))
+    if bad:
+      return f'{_leaf_name(path)} ({bad} of {np.size(leaf)} values)'
+  return None
+
+
 def save_model(path: str | os.PathLike, *, kind: str, config: Mapping[str, Any], params: Any,
                extra: Mapping[str, Any] | None = None) -> None:
   """Exports a frozen model: `params` pytree plus JSON metadata `{'kind', 'config', 'extra'}`.
 
-  Overwrites an existing export at `path`. `config`/`extra` may hold numpy arrays (e.g.
-  normalisation stats); they come back as numpy arrays from `load_model`.
+  Replaces an existing export at `path` atomically: the new export is written next to it
+  (`<path>.saving`) and renamed into place once complete, so an interrupted export leaves the
+  previous one intact. `config`/`extra` may hold numpy arrays (e.g. normalisation stats); they
+  come back as numpy arrays from `load_model`. Multi-process jobs: every process calls it.
+
+  Raises:
+    ValueError: `path` is a file or a non-empty folder that is not an export (never deleted),
+      or `params` hold NaN/Inf (a diverged model is never exported).
   """
   path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not is_export(path) and (
+      not os.path.isdir(path) or set(os.listdir(path)) - {outputs.MARKER_FILENAME}):
+    raise ValueError(f'refusing to export a model to {path}: it exists and is not an exported '
+                     'model (its files would be replaced); choose another path')
+  bad = first_non_finite_leaf(params)
+  if bad is not None:
+    raise ValueError(f'refusing to export a model to {path}: params hold non-finite values at '
+                     f'{bad}; training diverged (lower the learning rate)')
   metadata = {'kind': str(kind), 'config': _to_json(config), 'extra': _to_json(extra or {})}
+  staging = path + '.saving'  # the same name on every process: orbax saves collectively
+  if jax.process_index() == 0 and os.path.exists(staging):
+    shutil.rmtree(staging)  # left by an interrupted export
+  _sync('jepa_jax_save_model_clean')
   with ocp.Checkpointer(_model_handler()) as checkpointer:
-    checkpointer.save(path, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)), force=True)
+    checkpointer.save(staging, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)))
+  if jax.process_index() == 0:
+    outputs.write_json(os.path.join(staging, EXPORT_SIZES_FILENAME), _file_sizes(staging))
+    marker = os.path.join(path, outputs.MARKER_FILENAME)
+    if os.path.isfile(marker):  # a folder marked by outputs.prepare_output_dir stays marked
+      shutil.copy2(marker, os.path.join(staging, outputs.MARKER_FILENAME))
+    replaced = path + '.replaced'
+    if os.path.exists(replaced):
+      shutil.rmtree(replaced)
+    if os.path.exists(path):
+      os.rename(path, replaced)
+    os.rename(staging, path)
+    if os.path.exists(replaced):
+      shutil.rmtree(replaced)
+  _sync('jepa_jax_save_model_done')
 
 
 def load_model(path: str | os.PathLike, expected_kind: str | None = None
@@ -167,18 +426,21 @@ def load_model(path: str | os.PathLike, expected_kind: str | None = None
   """
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'no exported model at {path}: directory does not exist')
+    raise FileNotFoundError(f'no exported model at {path}: directory does not exist; run the stage '
+                            'that exports it, or pass the right path')
   if not os.path.isdir(os.path.join(path, 'metadata')):
     raise ValueError(f'{path} is not an exported model (no metadata item); export it with '
                      'jepa_jax.checkpoint.save_model')
+  _check_file_sizes(path)
   with ocp.Checkpointer(_model_handler()) as checkpointer:
     try:
       metadata = checkpointer.restore(
           path, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))['metadata']
-    except Exception as e:  # orbax raises several types for unreadable JSON
-      raise ValueError(f'{path}: model metadata is unreadable ({type(e).__name__}: {e})') from e
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
+      raise _export_error(path, 'metadata', e) from None
     if not isinstance(metadata, Mapping) or 'kind' not in metadata:
-      raise ValueError(f'{path} is not an exported model (metadata has no "kind")')
+      raise ValueError(f'{path} is not an exported model (metadata has no "kind"); re-export it '
+                       'with jepa_jax.checkpoint.save_model')
     kind = metadata['kind']
     if expected_kind is not None and kind != expected_kind:
       raise ValueError(f'{path} holds a {kind!r} model, expected {expected_kind!r}')
@@ -187,9 +449,21 @@ def load_model(path: str | os.PathLike, expected_kind: str | None = None
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree_util.tree_map(
           lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree_meta.tree)
+      _drop_abandoned_read_reports()
       params = checkpointer.restore(
           path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))['params']
-    except Exception as e:  # corrupt/missing array files surface as many error types
-      raise ValueError(f'{path}: model params are missing or corrupt '
-                       f'({type(e).__name__}: {e})') from e
+    except Exception as e:  # pylint: disable=broad-except  # corrupt files: many error types
+      raise _export_error(path, 'params', e) from None
+  bad = first_non_finite_leaf(params)
+  if bad is not None:
+    raise ValueError(f'exported model {path} holds non-finite params at {bad}; the stage that '
+                     'wrote it diverged: retrain it (e.g. with a lower learning rate)')
   return kind, _from_json(metadata['config']), params, _from_json(metadata['extra'])
+
+
+def _export_error(path: str, item: str, error: BaseException) -> ValueError:
+  """One-line error for a damaged export: the file (when the error names one) and the fix."""
+  where = _damaged_file(error, os.path.join(path, item)) or os.path.join(path, item)
+  return ValueError(f'exported model {path}: {item} are missing or corrupt at {where} '
+                    f'({_short_reason(error)}); re-run the stage that wrote it (or delete {path} '
+                    'and rerun)')

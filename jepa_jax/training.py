@@ -1,24 +1,37 @@
-"""Pieces shared by every training stage: optimiser, EMA, metrics writer and the train loop.
+"""The stage harness: what every training stage shares, written once.
 
-`run_train_loop` is generic: the stage supplies a jitted `train_step(state, batch) ->
-(state, metrics)`, a data iterator and a `TrainCheckpointer`; the loop restores the latest
-checkpoint (params, optimiser state and iterator position) or starts from the given state,
-steps to `num_steps`, logs a progress line and TensorBoard scalars every `log_every` steps,
-saves periodically and always at the end.
+`run_stage(stage, config, workdir)` takes a `Stage` (the stage's own init, step, loader and
+settings) and does the rest: the mesh and partition rules of the config, `eval_shape` ->
+shardings -> jitted init, the donated jitted step, the per-host batch check, the loader shard of
+this process, the checkpointer (state + grain iterator + config) and the loop.
+
+`run_train_loop` restores the latest checkpoint (params, optimiser state and iterator position)
+or starts from the given state, steps to `num_steps`, logs a progress line and TensorBoard
+scalars every `log_every` steps, saves periodically and always at the end. It stops with one
+line at the first log (or save) step whose metrics are not finite, before any checkpoint of
+that state is written, and on a preemption signal it saves and stops.
+
+Also here: the optimiser (AdamW on matrices only, clipping, lr and weight-decay schedules), EMA.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
+from jepa_jax import config_diff, console, sharding
 from jepa_jax.checkpoint import TrainCheckpointer, abstract_like
 
 SCHEDULES = ('constant', 'warmup_cosine')
@@ -51,20 +64,52 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map(lambda p: np.ndim(p) >= 2, params)
 
 
+def cosine_ramp(start: float, end: float, total_steps: int) -> optax.Schedule:
+  """`start -> end` along a half cosine over `total_steps`, then `end` (either direction)."""
+  if total_steps is None or total_steps < 1:
+    raise ValueError(f'a weight-decay schedule needs total_steps >= 1, got {total_steps}')
+
+  def schedule(step):
+    frac = jnp.minimum(step / total_steps, 1.0)
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  return schedule
+
+
+def _scheduled_weight_decay(schedule: optax.Schedule) -> optax.GradientTransformation:
+  """`u <- u + wd_t * p` with `wd_t = schedule(t)` (optax's add_decayed_weights takes a float)."""
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params):
+    wd = schedule(state.count)
+    updates = jax.tree_util.tree_map(lambda u, p: u + wd * p, updates, params)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(*, learning_rate: float, weight_decay: float = 0.0,
                    grad_clip_norm: float | None = 1.0, schedule: str = 'constant',
                    warmup_steps: int = 0, total_steps: int | None = None,
-                   final_lr_ratio: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+                   final_lr_ratio: float = 0.0, weight_decay_start: float | None = None,
+                   b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8) -> optax.GradientTransformation:
   """AdamW with decoupled weight decay on matrices only, after global-norm gradient clipping.
 
   Update per parameter p with clipped gradient g (Adam moments m, v, bias-corrected m^, v^):
-  `p <- p - lr_t * (m^ / (sqrt(v^) + eps) + wd * p * [ndim(p) >= 2])`.
-  `grad_clip_norm=None` or 0 disables clipping.
+  `p <- p - lr_t * (m^ / (sqrt(v^) + eps) + wd_t * p * [ndim(p) >= 2])`, where wd_t =
+  `weight_decay`, or with `weight_decay_start` a cosine from it to `weight_decay` over
+  `total_steps` (the reference's 1e-7 -> 1e-6). `grad_clip_norm=None` or 0 disables clipping.
   """
   lr = make_schedule(learning_rate=learning_rate, schedule=schedule, warmup_steps=warmup_steps,
                      total_steps=total_steps, final_lr_ratio=final_lr_ratio)
-  adamw = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+  if weight_decay_start is None:
+    adamw = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+  else:
+    decay = _scheduled_weight_decay(cosine_ramp(weight_decay_start, weight_decay, total_steps))
+    adamw = optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                        optax.masked(decay, decay_mask), optax.scale_by_learning_rate(lr))
   if not grad_clip_norm:
     return adamw
   return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adamw)
@@ -101,13 +146,74 @@ def _format_metrics(metrics: Mapping[str, Any]) -> str:
   return ' '.join(f'{k}={float(v):.4g}' for k, v in sorted(metrics.items()))
 
 
+class NonFiniteError(ValueError):
+  """Training produced a non-finite loss, gradient norm or parameter (a ValueError, so that
+  the binaries report it in one line like every other bad setting)."""
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+  """'/'-joined paths of the leaves of `tree` that hold a NaN or an infinity."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    if np.issubdtype(np.asarray(leaf).dtype, np.inexact) and not np.all(np.isfinite(leaf)):
+      bad.append(sharding.path_to_str(path))
+  return bad
+
+
+def check_finite_params(params: Any, what: str) -> None:
+  """Raises NonFiniteError (one line, naming the first leaves) if `params` is not finite."""
+  bad = nonfinite_leaves(params)
+  if bad:
+    raise NonFiniteError(f'{what} has non-finite values in {len(bad)} arrays ({", ".join(bad[:3])}'
+                         f'{", ..." if len(bad) > 3 else ""}); retrain it (e.g. with a lower lr)')
+
+
+class PreemptionWatch:
+  """True once the job is asked to stop: SIGTERM on this host (preemptible VMs, SLURM) or, in a
+  multi-process job, jax's preemption sync point (every process stops at the same step)."""
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = None
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: rely on the multi-process sync point only
+      pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self._signalled
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class LoopInfo:
+  """What a run of `run_train_loop` measured: the first step it ran from, the step it stopped
+  at, why (`'done'`, `'preempted'`, `'data_exhausted'`), wall seconds, and steps/s after the
+  first log interval (which includes compilation; None with fewer than two log lines)."""
+  start_step: int = 0
+  step: int = 0
+  stopped: str = 'done'
+  seconds: float = 0.0
+  steps_per_sec: float | None = None
+
+
 def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, Any]]],
                    state: Any, data_iter: Iterator, checkpointer: TrainCheckpointer | None,
                    num_steps: int, log_every: int, workdir: str | os.PathLike,
                    shard_fn: Callable[[Any], Any] = lambda batch: batch,
                    on_log: Callable[[int, dict], None] | None = None,
                    eval_fn: Callable[[Any, int], Mapping[str, Any]] | None = None,
-                   eval_every: int | None = None) -> tuple[Any, dict]:
+                   eval_every: int | None = None, stage_name: str = 'training',
+                   info: LoopInfo | None = None) -> tuple[Any, dict]:
   """Runs (or resumes) training up to `num_steps` completed steps.
 
   Args:
@@ -124,8 +230,12 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
     on_log: called as `on_log(step, metrics)` with host floats at every log step.
     eval_fn: `(state, step) -> scalars`, run every `eval_every` steps and at the end; logged
       under `eval/`.
+    stage_name: names the stage in the non-finite error (e.g. 'world_model').
+    info: a `LoopInfo` filled in place (start step, stop reason, seconds, steps/s).
 
   Checkpoint step numbers count completed steps: checkpoint k holds the state after k steps.
+  Metrics are checked at every log step and before every save: the first non-finite one raises
+  NonFiniteError naming the step range, and that state is never saved.
 
   Returns:
     `(state, metrics)`: final state and the last step's metrics as host floats.
@@ -137,15 +247,34 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
   if checkpointer is not None and not hasattr(data_iter, 'get_state'):
     raise ValueError(f'data_iter of type {type(data_iter).__name__} cannot be checkpointed; pass '
                      'a grain iterator (get_state/set_state) or checkpointer=None')
+  info = LoopInfo() if info is None else info
   start = 0
   if checkpointer is not None:
     restored = checkpointer.restore_or_none(abstract_like(state), data_iter)
     if restored is not None:
       state, start = restored, checkpointer.latest_step()
       logging.info('resumed from %s at step %d', checkpointer.directory, start)
+  info.start_step = start
   writer = MetricsWriter(workdir)
+  watch = PreemptionWatch()
+  progress = console.Progress(num_steps, stage_name, initial=start)
   metrics: dict = {}
-  step = start
+  step = finite_step = start
+  log_marks = []  # (time, step) at each log line, for steps/s
+  loop_start = time.perf_counter()
+
+  def host_metrics(step_metrics, step):
+    nonlocal finite_step
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+    if bad:
+      raise NonFiniteError(
+          f'{stage_name}: non-finite {", ".join(bad)} between steps {finite_step} and {step} '
+          f'(nothing from this run after step {finite_step} is saved); likely cause: a too '
+          f'high learning rate or diverging loss: lower --config.{stage_name}.lr')
+    finite_step = step
+    return values
+
   try:
     tick, tick_step = time.perf_counter(), start
     while step < num_steps:
@@ -153,18 +282,26 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
         batch = next(data_iter)
       except StopIteration:
         logging.warning('data iterator exhausted after %d steps (asked for %d)', step, num_steps)
+        info.stopped = 'data_exhausted'
         break
       state, step_metrics = train_step(state, shard_fn(batch))
       step += 1
+      progress.update()
+      preempted = watch.reached(step)
+      saving = checkpointer is not None and (preempted or checkpointer.should_save(step))
+      if step % log_every == 0 or step == num_steps or saving:
+        metrics = host_metrics(step_metrics, step)
       if step % log_every == 0 or step == num_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         now = time.perf_counter()
         steps_per_sec = (step - tick_step) / max(now - tick, 1e-9)
         tick, tick_step = now, step
+        log_marks.append((now, step))
         if jax.process_index() == 0:
           logging.info('step %d/%d %s steps/s=%.2f', step, num_steps,
                        _format_metrics(metrics), steps_per_sec)
         writer.write_scalars(step, {**metrics, 'steps_per_sec': steps_per_sec})
+        progress.set_postfix(**{k: f'{v:.4g}' for k, v in metrics.items()
+                                if k in ('loss', 'grad_norm')})
         if on_log is not None:
           on_log(step, metrics)
       if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
@@ -172,15 +309,163 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
         if jax.process_index() == 0:
           logging.info('step %d eval %s', step, _format_metrics(eval_metrics))
         writer.write_scalars(step, eval_metrics)
-      if checkpointer is not None:
-        checkpointer.save(step, state, data_iter)
+      if saving:
+        checkpointer.save(step, state, data_iter, force=preempted)
+      if preempted:
+        logging.warning('%s: preemption signal at step %d: saved, stopping', stage_name, step)
+        info.stopped = 'preempted'
+        break
+    if step > start:
+      metrics = host_metrics(step_metrics, step)
     if checkpointer is not None and step > start and checkpointer.latest_step() != step:
       checkpointer.save(step, state, data_iter, force=True)
-    if step > start:
-      metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
   finally:
-    # Also on an exception (e.g. preemption): let an in-flight async save land complete.
+    # Also on an exception: let an in-flight async save land complete.
     if checkpointer is not None:
       checkpointer.wait()
     writer.close()
+    watch.close()
+    progress.close()
+  info.step, info.seconds = step, time.perf_counter() - loop_start
+  if len(log_marks) >= 2:
+    (t0, s0), (t1, s1) = log_marks[0], log_marks[-1]
+    info.steps_per_sec = (s1 - s0) / max(t1 - t0, 1e-9)
   return state, metrics
+
+
+# ----------------------------------------------------------------------------- stage harness
+
+
+@dataclasses.dataclass
+class Stage:
+  """A training stage's own parts, as `run_stage` needs them.
+
+  name: the config section ('pretrain', 'world_model'), for messages.
+  init_fn: `key -> state` (a pytree; its leaves are placed by the partition rules).
+  step_fn: `(state, *frozen, batch) -> (state, metrics)`: pure, jitted here with the state
+    donated; metrics are scalars.
+  make_loader: `(per_host_batch_size, shard_index, shard_count) -> grain iterator` of host
+    batches.
+  batch_size: global batch (split over processes and the mesh's data axes).
+  num_steps, log_every, checkpoint_every, max_to_keep: loop and checkpoint settings.
+  frozen: extra step inputs that are not trained (e.g. the frozen encoder's params), placed by
+    the partition rules and never donated.
+  model_inputs: host batch -> the arrays the step reads (the rest never goes to the device).
+  settings: the top-level config sections whose values a checkpoint must share to be resumed
+    (besides the stage's own section; its num_steps and logging/saving intervals may change).
+  eval_fn, eval_every, on_log: see `run_train_loop`; on_init: called as
+    `on_init(state, mesh, frozen)` with the initial state (before the first, donating step: e.g.
+    to copy the random initialisation), the mesh and the placed frozen inputs (for eval_fn).
+  """
+  name: str
+  init_fn: Callable[[jax.Array], Any]
+  step_fn: Callable[..., tuple[Any, Mapping[str, Any]]]
+  make_loader: Callable[[int, int, int], Iterator]
+  batch_size: int
+  num_steps: int
+  log_every: int
+  checkpoint_every: int
+  max_to_keep: int = 2
+  frozen: tuple = ()
+  model_inputs: Callable[[dict], dict] = lambda batch: batch
+  settings: tuple = ('env', 'seed', 'data')
+  eval_fn: Callable[[Any, int], Mapping[str, Any]] | None = None
+  eval_every: int | None = None
+  on_log: Callable[[int, dict], None] | None = None
+  on_init: Callable[[Any, jax.sharding.Mesh, tuple], None] | None = None
+
+
+@dataclasses.dataclass
+class StageResult:
+  """state: the final train state; metrics: the last step's (host floats); mesh; frozen: the
+  frozen inputs as placed on the mesh; loop: the `LoopInfo` of this run."""
+  state: Any
+  metrics: dict
+  mesh: jax.sharding.Mesh
+  frozen: tuple
+  loop: LoopInfo
+
+
+def per_host_batch_size(global_batch: int, mesh: jax.sharding.Mesh, what: str) -> int:
+  """The batch one process loads, after checking that `global_batch` splits evenly over the
+  processes and the mesh's data axes (one-line error naming the config key otherwise)."""
+  data_size = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(mesh)]))
+  processes = jax.process_count()
+  if global_batch % processes or global_batch % data_size:
+    raise ValueError(f'{what}={global_batch} must be divisible by the {processes} processes and '
+                     f'the {data_size} devices of the mesh data axes; change {what}')
+  return global_batch // processes
+
+
+def jit_step(step_fn: Callable, state_shardings: Any, frozen_shardings: tuple,
+             mesh: jax.sharding.Mesh) -> Callable:
+  """`step_fn(state, *frozen, batch)` jitted for `mesh`: the state laid out by
+  `state_shardings` and donated, the frozen inputs by theirs, the batch split over the data
+  axes, the metrics replicated."""
+  return jax.jit(step_fn,
+                 in_shardings=(state_shardings, *frozen_shardings, sharding.data_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+# Settings of a stage's own section that a resumed run may change: they do not change what
+# the steps compute (num_steps extends or shortens the run; a schedule then follows it).
+RESUMABLE_CHANGES = ('num_steps', 'log_every', 'checkpoint_every', 'max_to_keep', 'eval_every',
+                     'eval_horizon', 'eval_batch_size', 'eval_num_batches')
+
+
+def check_resumable(stage: Stage, stored: Any, config: Any, directory: str) -> None:
+  """One-line ValueError when the checkpoints in `directory` were written with other settings
+  than `config` (in `stage.settings` and the stage's own section)."""
+  if stored is None:
+    return
+  keys = (*stage.settings, stage.name)
+  changed = config_diff.differences(
+      config_diff.select(stored, keys), config_diff.select(config, keys),
+      ignore=tuple(f'{stage.name}.{k}' for k in RESUMABLE_CHANGES))
+  if changed:
+    raise ValueError(
+        f'{stage.name}: the checkpoints in {directory} were written with other settings '
+        f'({"; ".join(changed[:4])}{"; ..." if len(changed) > 4 else ""}); use a new --workdir, '
+        f'or move {directory} away to start over')
+
+
+def run_stage(stage: Stage, config: Any, workdir: str) -> StageResult:
+  """Runs (or resumes) `stage` on the mesh of `config` and checkpoints it under `workdir`.
+
+  config: the experiment config (`seed`, `mesh`, `partition_rules`; the whole config is stored
+  with every checkpoint). Checkpoints go to `<workdir>/checkpoints`, TensorBoard to `workdir`.
+  A checkpoint written with other settings is never resumed (`check_resumable`).
+  """
+  mesh = sharding.make_mesh(dict(config.mesh))
+  rules = [tuple(rule) for rule in config.partition_rules]
+  per_host = per_host_batch_size(stage.batch_size, mesh, f'{stage.name}.batch_size')
+  key = jax.random.PRNGKey(int(config.seed))
+  state_shardings = sharding.param_shardings(jax.eval_shape(stage.init_fn, key), mesh, rules)
+  state = jax.jit(stage.init_fn, out_shardings=state_shardings)(key)
+  frozen_shardings = tuple(sharding.param_shardings(f, mesh, rules) for f in stage.frozen)
+  frozen = tuple(jax.device_put(f, s) for f, s in zip(stage.frozen, frozen_shardings))
+  step = jit_step(stage.step_fn, state_shardings, frozen_shardings, mesh)
+  if stage.on_init is not None:
+    stage.on_init(state, mesh, frozen)
+  loader = stage.make_loader(per_host, jax.process_index(), jax.process_count())
+  to_config = getattr(config, 'to_dict', None)
+  checkpointer = TrainCheckpointer(
+      os.path.join(workdir, 'checkpoints'), save_interval_steps=stage.checkpoint_every,
+      max_to_keep=stage.max_to_keep, config=to_config() if to_config else config)
+  try:
+    check_resumable(stage, checkpointer.restore_config(), config, checkpointer.directory)
+  except ValueError:
+    checkpointer.close()
+    raise
+  info = LoopInfo()
+  try:
+    state, metrics = run_train_loop(
+        train_step=lambda s, b: step(s, *frozen, b), state=state, data_iter=loader,
+        checkpointer=checkpointer, num_steps=stage.num_steps, log_every=stage.log_every,
+        workdir=workdir, shard_fn=lambda b: sharding.shard_batch(stage.model_inputs(b), mesh),
+        on_log=stage.on_log, eval_fn=stage.eval_fn,
+        eval_every=(stage.eval_every or stage.num_steps) if stage.eval_fn else None,
+        stage_name=stage.name, info=info)
+  finally:
+    checkpointer.close()
+  return StageResult(state=state, metrics=metrics, mesh=mesh, frozen=frozen, loop=info)

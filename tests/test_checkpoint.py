@@ -3,14 +3,17 @@
 import os
 import shutil
 
+from absl import logging
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jepa_jax import checkpoint, sharding
+from jepa_jax import checkpoint, outputs, sharding
 
 
 def _state(mesh):
@@ -24,6 +27,13 @@ def _state(mesh):
 
 def _iterator():
   return iter(grain.MapDataset.range(100).shuffle(seed=3).batch(4).to_iter_dataset())
+
+
+def _iterator_at(steps):
+  it = _iterator()
+  for _ in range(steps):
+    next(it)
+  return it
 
 
 def _assert_tree_equal(a, b):
@@ -144,9 +154,179 @@ def test_load_model_errors(tmp_path):
   with pytest.raises(ValueError, match="holds a 'vit' model, expected 'world_model'"):
     checkpoint.load_model(tmp_path / 'model', expected_kind='world_model')
   shutil.copytree(tmp_path / 'model', tmp_path / 'corrupt')
+  # Without the size record (as in an export by an older version) orbax meets the damage.
+  os.remove(tmp_path / 'corrupt' / checkpoint.EXPORT_SIZES_FILENAME)
   for root, _, files in os.walk(tmp_path / 'corrupt' / 'params'):
     for name in files:  # clobber every params file (array data and tree metadata)
       with open(os.path.join(root, name), 'wb') as f:
         f.write(b'not a checkpoint')
   with pytest.raises(ValueError, match='params are missing or corrupt'):
     checkpoint.load_model(tmp_path / 'corrupt')
+
+
+# ----------------------------------------------------------------------------- damaged steps
+
+
+def _adam_state(width):
+  """A train state as the stages hold it: params, optax state (namedtuples), step."""
+  params = {'blocks_0': {'kernel': jnp.arange(width * 3, dtype=jnp.float32).reshape(width, 3)},
+            'head': {'bias': jnp.ones(3)}}
+  return {'params': params, 'opt': optax.adamw(1e-3).init(params), 'step': jnp.int32(0)}
+
+
+def _saved_steps(directory, steps, data_iter=None):
+  ckpt = checkpoint.TrainCheckpointer(directory, save_interval_steps=1, config={'lr': 0.1})
+  for step in steps:
+    if data_iter is not None:
+      next(data_iter)
+    state = jax.tree_util.tree_map(lambda x: x + step, _adam_state(4))
+    ckpt.save(step, state, data_iter)
+    ckpt.wait()
+  ckpt.close()
+
+
+def _truncate_arrays(step_dir):
+  """Halves the array data files of a step (the top-level `d/` files hold the data)."""
+  files = [f for f in (step_dir / 'state' / 'd').iterdir()]
+  assert files
+  for f in files:
+    with open(f, 'r+b') as handle:
+      handle.truncate(f.stat().st_size // 2)
+
+
+@pytest.fixture
+def absl_warnings():
+  messages = []
+
+  def collect(record):
+    if record.levelno >= logging.WARNING:
+      messages.append(record.getMessage())
+    return True
+
+  logging.get_absl_logger().addFilter(collect)
+  yield messages
+  logging.get_absl_logger().removeFilter(collect)
+
+
+def test_damaged_latest_step_falls_back_to_the_newest_intact_one(tmp_path, absl_warnings):
+  it = _iterator()
+  _saved_steps(tmp_path, [1, 2, 3], it)
+  expected_after_2 = next(_iterator_at(2))  # the batch that follows step 2
+  _truncate_arrays(tmp_path / '3')
+  ckpt = checkpoint.TrainCheckpointer(tmp_path, save_interval_steps=1)
+  new_it = _iterator()
+  restored = ckpt.restore_or_none(checkpoint.abstract_like(_adam_state(4)), new_it)
+  np.testing.assert_array_equal(restored['params']['head']['bias'], np.full(3, 3.0))  # step 2
+  np.testing.assert_array_equal(next(new_it), expected_after_2)
+  assert ckpt.latest_step() == 2 and ckpt.restore_config() == {'lr': 0.1}
+  assert len(absl_warnings) == 1 and '\n' not in absl_warnings[0]
+  assert 'step 3 damaged' in absl_warnings[0] and 'resuming from step 2' in absl_warnings[0]
+  aside = os.listdir(tmp_path / checkpoint.CORRUPT_STEPS_DIRNAME)
+  assert len(aside) == 1 and aside[0].startswith('3.')
+  # Training continues: step 3 can be saved again (orbax skips steps <= the latest one).
+  assert ckpt.save(3, restored, new_it)
+  ckpt.wait()
+  assert ckpt.latest_step() == 3
+
+
+def test_every_step_damaged_is_one_error(tmp_path):
+  _saved_steps(tmp_path, [1, 2])
+  for step in ('1', '2'):
+    _truncate_arrays(tmp_path / step)
+  ckpt = checkpoint.TrainCheckpointer(tmp_path, save_interval_steps=1)
+  with pytest.raises(ValueError) as info:
+    ckpt.restore_or_none(checkpoint.abstract_like(_adam_state(4)))
+  message = str(info.value)
+  assert '\n' not in message and 'TensorStore' not in message and len(message) < 600
+  assert f'every checkpoint step in {tmp_path} is damaged' in message
+  assert f'delete {tmp_path} to start the stage afresh' in message
+
+
+def test_resuming_a_changed_model_says_so_in_one_line(tmp_path):
+  _saved_steps(tmp_path, [1])
+  ckpt = checkpoint.TrainCheckpointer(tmp_path, save_interval_steps=1)
+  wider = _adam_state(6)  # kernel (6, 3) instead of (4, 3)
+  wider['params']['blocks_1'] = {'kernel': jnp.zeros((6, 3))}  # one more block
+  with pytest.raises(checkpoint.IncompatibleCheckpointError) as info:
+    ckpt.restore_or_none(checkpoint.abstract_like(wider))
+  message = str(info.value)
+  assert '\n' not in message and 'partial_restore' not in message
+  # 3 kernels differ in shape (params, adam mu, adam nu), 1 leaf is new: the first 3 listed.
+  assert '4 differing leaves' in message and '; 1 more)' in message
+  assert 'opt/0/mu/blocks_0/kernel: saved (4, 3), model (6, 3)' in message
+  assert 'rerun with the original config, or use a fresh --workdir' in message
+  assert sorted(os.listdir(tmp_path)) == ['1']  # nothing set aside
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def test_truncated_export_names_the_file_in_one_line(tmp_path):
+  _export(tmp_path / 'encoder')
+  data_file = next((tmp_path / 'encoder' / 'params' / 'd').iterdir())
+  size = data_file.stat().st_size
+  with open(data_file, 'r+b') as handle:
+    handle.truncate(size // 2)
+  with pytest.raises(ValueError) as info:
+    checkpoint.load_model(tmp_path / 'encoder')
+  message = str(info.value)
+  assert '\n' not in message
+  assert f'{data_file} has {size // 2} bytes, the export wrote {size}' in message
+  assert 're-run the stage that wrote it' in message
+  # Without the size record, orbax meets the truncation: still one line naming the file.
+  os.remove(tmp_path / 'encoder' / checkpoint.EXPORT_SIZES_FILENAME)
+  with pytest.raises(ValueError) as info:
+    checkpoint.load_model(tmp_path / 'encoder')
+  assert '\n' not in str(info.value) and info.value.__suppress_context__
+  assert f'params are missing or corrupt at {data_file} (' in str(info.value)
+
+
+def test_export_replaces_atomically_and_keeps_the_output_marker(tmp_path, monkeypatch):
+  path = tmp_path / 'export'
+  outputs.prepare_output_dir(path, kind='converted_checkpoint')
+  params, _, _ = _export(path)
+  assert (path / outputs.MARKER_FILENAME).exists()
+
+  def crash(self, directory, *args, **kwargs):  # a job killed in the middle of the export
+    os.makedirs(directory)
+    raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoint.ocp.Checkpointer, 'save', crash)
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save_model(path, kind='vit', config={}, params={'w': np.zeros(1, np.float32)})
+  monkeypatch.undo()
+  _assert_tree_equal(checkpoint.load_model(path)[2], params)  # the old export is intact
+  checkpoint.save_model(path, kind='vit', config={}, params={'w': np.zeros(1, np.float32)})
+  assert set(checkpoint.load_model(path)[2]) == {'w'}
+  assert (path / outputs.MARKER_FILENAME).exists()
+  assert sorted(os.listdir(tmp_path)) == ['export']  # no staging folder left
+
+
+def test_export_never_replaces_foreign_files(tmp_path):
+  (tmp_path / 'notes.txt').write_text('mine')
+  with pytest.raises(ValueError, match='exists and is not an exported model'):
+    checkpoint.save_model(tmp_path, kind='vit', config={}, params={'w': np.zeros(1)})
+  with pytest.raises(ValueError, match='exists and is not an exported model'):
+    checkpoint.save_model(tmp_path / 'notes.txt', kind='vit', config={}, params={'w': np.zeros(1)})
+  assert (tmp_path / 'notes.txt').read_text() == 'mine'
+
+
+def test_non_finite_params_are_never_exported_nor_loaded(tmp_path):
+  bad = {'enc': {'kernel': np.array([1.0, np.nan, np.inf], np.float32)},
+         'count': np.array([1], np.int32)}
+  with pytest.raises(ValueError, match=r'non-finite values at enc/kernel \(2 of 3 values\)'):
+    checkpoint.save_model(tmp_path / 'm', kind='vit', config={}, params=bad)
+  assert not (tmp_path / 'm').exists()
+  # An export written by something else (plain orbax) is refused when loaded.
+  with ocp.Checkpointer(checkpoint._model_handler()) as writer:
+    writer.save(str(tmp_path / 'm'), args=ocp.args.Composite(
+        params=ocp.args.StandardSave(bad),
+        metadata=ocp.args.JsonSave({'kind': 'vit', 'config': {}, 'extra': {}})))
+  with pytest.raises(ValueError, match=r'holds non-finite params at enc/kernel .*retrain'):
+    checkpoint.load_model(tmp_path / 'm')
+
+
+def test_non_finite_check_covers_bfloat16_and_skips_integers():
+  assert checkpoint.first_non_finite_leaf(
+      {'a': np.zeros(2, np.int32), 'b': jnp.array([1.0, jnp.inf, jnp.nan], jnp.bfloat16)}
+  ) == 'b (2 of 3 values)'
+  assert checkpoint.first_non_finite_leaf({'a': jnp.ones(2, jnp.bfloat16), 'n': 3}) is None

@@ -116,7 +116,7 @@ class TorchAdaLNPredictor(nn.Module):
       x = block(x, c, frame_causal(t, h * w), (t, h, w))
     x = self.predictor_norm(x).reshape(b, t, h * w, -1)
     visual = self.predictor_proj(x[..., :dv]).reshape(b, t, h, w, dv)
-    return visual, x[:, :, 0, dv:]  # proprio prediction read from each frame's first patch
+    return visual, x[..., dv:].reshape(b, t, h, w, -1)  # one proprio prediction per patch
 
 
 class Conv1dEncoder(nn.Module):

@@ -1,4 +1,4 @@
-"""Wall dataset (TFDS ArrayRecord), normalisation stats and the grain clip pipeline.
+"""The trajectory dataset (TFDS ArrayRecord, generated here for Wall), normalisation stats and the grain clip pipeline.
 
 References are independent numpy re-derivations from the stored whole trajectories (explicit
 loops over frames and actions), and un-jitted, un-vmapped env calls for the generation.
@@ -14,7 +14,7 @@ import pytest
 
 from jepa_jax.data import pipeline
 from jepa_jax.data import stats as stats_lib
-from jepa_jax.data import wall_tfds
+from jepa_jax.data import trajectories
 from jepa_jax.envs import wall
 
 DATA = dict(image_size=16, num_train_trajectories=8, num_validation_trajectories=4,
@@ -26,12 +26,12 @@ STARTS = DATA['trajectory_length'] - T * FS + 1      # 11 clips per trajectory
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
-  return wall_tfds.generate(str(tmp_path_factory.mktemp('data')), DATA, SEED)
+  return trajectories.generate(str(tmp_path_factory.mktemp('data')), 'wall', DATA, SEED)
 
 
 @pytest.fixture(scope='module')
 def train(dataset):
-  return wall_tfds.load_trajectories(dataset, 'train')
+  return trajectories.load_trajectories(dataset, 'train')
 
 
 def loader(dataset, **kwargs):
@@ -55,8 +55,9 @@ def expected_clips(train, stats):
       for i in range(T):
         step = t0 + i * FS
         obs.append(train['observations'][n, step])
-        states.append(train['proprio'][n, step].astype(np.float64))
-        prop.append((states[-1] - stats['proprio_mean']) / stats['proprio_std'])
+        states.append(train['states'][n, step].astype(np.float64))
+        prop.append((train['proprio'][n, step].astype(np.float64) - stats['proprio_mean'])
+                    / stats['proprio_std'])
         acts.append(np.concatenate([
             (train['actions'][n, step + j].astype(np.float64) - stats['action_mean'])
             / stats['action_std'] for j in range(FS)]))
@@ -71,7 +72,7 @@ def clip_ids(clips):
 
 
 def test_stored_trajectories_match_env(dataset, train):
-  val = wall_tfds.load_trajectories(dataset, 'validation', max_count=2)
+  val = trajectories.load_trajectories(dataset, 'validation', max_count=2)
   length, size = DATA['trajectory_length'], DATA['image_size']
   # Jitted: op-by-op dispatch of the env functions takes seconds.
   transition, render = jax.jit(wall.transition), jax.jit(wall.render, static_argnums=1)
@@ -80,19 +81,22 @@ def test_stored_trajectories_match_env(dataset, train):
   assert train['actions'].shape == (8, length, 2) and train['proprio'].shape == (8, length + 1, 2)
   assert val['actions'].shape == (2, length, 2)
   for data in (train, val):
+    # Wall's proprio is its whole state, the dot position.
+    np.testing.assert_array_equal(data['proprio'], data['states'])
     # Each stored step is one env transition of the stored action.
-    np.testing.assert_allclose(data['proprio'][:, 1:],
-                               transition(data['proprio'][:, :-1], data['actions']), atol=1e-4)
+    np.testing.assert_allclose(data['states'][:, 1:],
+                               transition(data['states'][:, :-1], data['actions']), atol=1e-4)
     for t in (0, length // 2, length):
-      frames = np.asarray(render(data['proprio'][:, t], size)).astype(int)
+      frames = np.asarray(render(data['states'][:, t], size)).astype(int)
       assert np.abs(data['observations'][:, t].astype(int) - frames).max() <= 1
   # Trajectory n depends only on (seed, split, n): simulating the chunk in another order
   # gives the same trajectories.
   order = np.arange(8)[::-1]
-  actions, positions = wall_tfds.simulate(wall_tfds.trajectory_keys(SEED, 'train', order), length)
+  actions, states = trajectories.simulate(
+      wall.ENV, trajectories.trajectory_keys(SEED, 'train', order), length)
   np.testing.assert_array_equal(np.asarray(actions), train['actions'][order])
-  np.testing.assert_array_equal(np.asarray(positions), train['proprio'][order])
-  assert not np.allclose(train['proprio'][0], train['proprio'][1])
+  np.testing.assert_array_equal(np.asarray(states), train['states'][order])
+  assert not np.allclose(train['states'][0], train['states'][1])
 
 
 def test_stats_match_numpy(dataset, train):
@@ -214,45 +218,77 @@ def test_bad_inputs(dataset, tmp_path):
   with pytest.raises(ValueError, match='split'):
     pipeline.make_clip_loader(dataset, 'test', batch_size=2, num_frames=T, frameskip=FS, seed=0)
   with pytest.raises(ValueError, match='split'):
-    wall_tfds.load_trajectories(dataset, 'test')
+    trajectories.load_trajectories(dataset, 'test')
   with pytest.raises(TypeError, match='num_hist_frames'):
-    wall_tfds.as_data_config({**DATA, 'num_hist_frames': 3})
+    trajectories.as_data_config({**DATA, 'num_hist_frames': 3})
 
 
 def test_interrupted_generation_is_never_complete(dataset, tmp_path, monkeypatch):
   data_dir = str(tmp_path)
-  path = wall_tfds.dataset_dir(data_dir, DATA, SEED)
+  path = trajectories.dataset_dir(data_dir, 'wall', DATA, SEED)
 
   def interrupted(*args):
     raise KeyboardInterrupt('simulated interruption')
 
   # While TFDS writes the examples.
   with monkeypatch.context() as patch:
-    patch.setattr(wall_tfds, 'render_frames', interrupted)
+    patch.setattr(trajectories, 'render_frames', interrupted)
     with pytest.raises(KeyboardInterrupt):
-      wall_tfds.generate(data_dir, DATA, SEED)
-  assert not wall_tfds.is_complete(path)
+      trajectories.generate(data_dir, 'wall', DATA, SEED)
+  assert not trajectories.is_complete(path)
   assert not os.listdir(os.path.dirname(path))     # TFDS removed its incomplete.* folder
   with pytest.raises(ValueError, match='does not exist.*generate_data'):
     loader(path)
   # After TFDS finished, before stats.json was written.
   with monkeypatch.context() as patch:
-    patch.setattr(wall_tfds, 'train_stats', interrupted)
+    patch.setattr(trajectories, 'train_stats', interrupted)
     with pytest.raises(KeyboardInterrupt):
-      wall_tfds.generate(data_dir, DATA, SEED)
+      trajectories.generate(data_dir, 'wall', DATA, SEED)
   assert os.path.isfile(os.path.join(path, 'dataset_info.json'))
-  assert not wall_tfds.is_complete(path)
+  assert not trajectories.is_complete(path)
   with pytest.raises(ValueError, match='incomplete.*generate_data'):
     loader(path)
   # A re-run finishes the job and gives the same data as an uninterrupted run.
-  assert wall_tfds.generate(data_dir, DATA, SEED) == path and wall_tfds.is_complete(path)
+  assert trajectories.generate(data_dir, 'wall', DATA, SEED) == path
+  assert trajectories.is_complete(path)
   for key, value in stats_lib.load_stats(path).items():
     np.testing.assert_array_equal(value, stats_lib.load_stats(dataset)[key])
-  np.testing.assert_array_equal(wall_tfds.load_trajectories(path, 'validation')['observations'],
-                                wall_tfds.load_trajectories(dataset, 'validation')['observations'])
+  np.testing.assert_array_equal(
+      trajectories.load_trajectories(path, 'validation')['observations'],
+      trajectories.load_trajectories(dataset, 'validation')['observations'])
   # And a further run is a no-op.
   mtime = os.path.getmtime(os.path.join(path, 'stats.json'))
   with monkeypatch.context() as patch:
-    patch.setattr(wall_tfds, 'simulate', interrupted)
-    assert wall_tfds.generate(data_dir, DATA, SEED) == path
+    patch.setattr(trajectories, 'simulate', interrupted)
+    assert trajectories.generate(data_dir, 'wall', DATA, SEED) == path
   assert os.path.getmtime(os.path.join(path, 'stats.json')) == mtime
+
+
+def test_damaged_dataset_is_named_and_repaired(dataset, tmp_path):
+  import glob
+  import json
+  import shutil
+  data_dir = str(tmp_path)
+  path = trajectories.generate(data_dir, 'wall', DATA, SEED)
+  expected = trajectories.load_trajectories(path, 'train')['actions']
+  # An edited dataset_info.json (fewer examples per shard) is caught before any read.
+  info_path = os.path.join(path, 'dataset_info.json')
+  backup = info_path + '.orig'
+  shutil.copy(info_path, backup)
+  with open(info_path) as f:
+    info = json.load(f)
+  info['splits'][0]['shardLengths'] = [str(int(info['splits'][0]['shardLengths'][0]) // 2)]
+  with open(info_path, 'w') as f:
+    json.dump(info, f)
+  with pytest.raises(ValueError, match='dataset_info.json.*generate_data'):
+    loader(path)
+  shutil.move(backup, info_path)
+  # A truncated shard: one line naming the file; `generate` rebuilds instead of saying "ready".
+  shard = sorted(glob.glob(os.path.join(path, '*train.array_record*')))[0]
+  with open(shard, 'r+b') as f:
+    f.truncate(os.path.getsize(shard) // 2)
+  with pytest.raises(ValueError, match=os.path.basename(shard)):
+    loader(path)
+  assert trajectories.generate(data_dir, 'wall', DATA, SEED) == path
+  np.testing.assert_array_equal(trajectories.load_trajectories(path, 'train')['actions'],
+                                expected)

@@ -112,10 +112,13 @@ def _np_adaln_block(x, c, p, heads, frames, pos):
   return x + g2 * _linear(h, p['mlp']['fc2'])
 
 
-def _np_adaln_predictor(p, z, a, pe, cfg):
+def _np_adaln_predictor(p, z, a, pe, cfg, readout='per_patch'):
+  """One sample: z (T, h, w, Dv), a (T, A), pe (T, Pe) or per patch (T, h, w, Pe)."""
   frames, hh, ww, _ = z.shape
   e = _linear(z, p['predictor_embed'])
-  x = np.concatenate([e, np.broadcast_to(pe[:, None, None], (frames, hh, ww, pe.shape[-1]))], -1)
+  if pe.ndim == 2:
+    pe = pe[:, None, None]
+  x = np.concatenate([e, np.broadcast_to(pe, (frames, hh, ww, pe.shape[-1]))], -1)
   x = x.reshape(frames * hh * ww, -1)
   c = _linear(a, p['action_encoder'])
   t, r, col = np.meshgrid(np.arange(frames), np.arange(hh), np.arange(ww), indexing='ij')
@@ -124,17 +127,51 @@ def _np_adaln_predictor(p, z, a, pe, cfg):
     x = _np_adaln_block(x, c, p[f'predictor_blocks_{i}'], cfg['num_heads'], frames, pos)
   x = _ln(x, p['predictor_norm'], 1e-6).reshape(frames, hh, ww, -1)
   dv = e.shape[-1]
-  return _linear(x[..., :dv], p['predictor_proj']), x[:, 0, 0, dv:]
+  proprio = x[..., dv:] if readout == 'per_patch' else x[:, 0, 0, dv:]
+  return _linear(x[..., :dv], p['predictor_proj']), proprio
+
+
+def _check_against_numpy(vis, prop, params, z, a, pe, cfg, readout='per_patch'):
+  pn = _np(params)
+  for b in range(z.shape[0]):
+    rv, rp = _np_adaln_predictor(pn, *(np.asarray(t[b], np.float64) for t in (z, a, pe)), cfg,
+                                 readout)
+    np.testing.assert_allclose(np.asarray(vis[b]), rv, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(prop[b]), rp, rtol=2e-4, atol=2e-4)
 
 
 def test_adaln_predictor_matches_numpy_float64():
+  """Default readout: one proprio prediction per patch (B, T, H, W, Pe), REFERENCE §3a."""
   _, params, (z, a, pe), apply = _setup('adaln')
   vis, prop = apply(params, z, a, pe)
-  pn = _np(params)
-  for b in range(z.shape[0]):
-    rv, rp = _np_adaln_predictor(pn, *(np.asarray(t[b], np.float64) for t in (z, a, pe)), TINY)
-    np.testing.assert_allclose(np.asarray(vis[b]), rv, rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(np.asarray(prop[b]), rp, rtol=2e-4, atol=2e-4)
+  assert prop.shape == z.shape[:4] + (pe.shape[-1],)
+  _check_against_numpy(vis, prop, params, z, a, pe, TINY)
+
+
+def test_adaln_per_patch_proprio_input_and_first_patch_readout():
+  """Per-patch proprio embeddings in (B, T, H, W, Pe); the 'first_patch' option reads (0, 0)."""
+  _, params, (z, a, _), _ = _setup('adaln')
+  pe_patches = jax.random.normal(jax.random.key(21), z.shape[:4] + (16,))
+  first = predictors.build_predictor('adaln', proprio_readout='first_patch', **TINY)
+  vis, prop = jax.jit(first.apply)({'params': params}, z, a, pe_patches)
+  assert prop.shape == (z.shape[0], z.shape[1], 16)
+  _check_against_numpy(vis, prop, params, z, a, pe_patches, TINY, readout='first_patch')
+  with pytest.raises(ValueError, match='proprio_readout'):
+    predictors.build_predictor('adaln', proprio_readout='mean', **TINY)
+
+
+def test_remat_keeps_values_and_gradients():
+  """Gradient checkpointing changes memory only: same loss gradients as without it."""
+  _, params, (z, a, pe), _ = _setup('adaln')
+  grads = {}
+  for remat in ('none', 'full'):
+    model = predictors.build_predictor('adaln', remat=remat, **TINY)
+    loss = lambda p: sum(jnp.sum(jnp.sin(o)) for o in model.apply({'params': p}, z, a, pe))
+    grads[remat] = jax.jit(jax.grad(loss))(params)
+  for g_none, g_full in zip(jax.tree.leaves(grads['none']), jax.tree.leaves(grads['full'])):
+    np.testing.assert_allclose(g_full, g_none, rtol=1e-4, atol=1e-5 * np.abs(g_none).max())
+  with pytest.raises(ValueError, match='remat'):
+    predictors.build_predictor('adaln', remat='some', **TINY)
 
 
 def test_paper_adaln_param_count():

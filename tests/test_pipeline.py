@@ -1,5 +1,5 @@
-"""End-to-end: the main job on the `smoke` config completes, resumes, and plans better than a
-random policy on the same Wall episodes."""
+"""End-to-end: the main job on the `smoke` config completes, resumes, refuses a changed setting,
+reruns only what changed, and plans better than a random policy on the same Wall episodes."""
 
 import json
 import os
@@ -7,28 +7,49 @@ import os
 import pytest
 
 from experiments.configs import wall as wall_configs
-from jepa_jax import pipeline
+from jepa_jax import layout, main_job
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_completes_and_beats_random_policy(tmp_path):
+def test_smoke_pipeline_completes_resumes_and_checks_settings(tmp_path):
   config = wall_configs.get_config('smoke')
-  summary = pipeline.run_pipeline(config, str(tmp_path))
+  summary = main_job.run_pipeline(config, str(tmp_path))
 
   with open(tmp_path / 'summary.json') as f:
     assert json.load(f) == json.loads(json.dumps(summary))
-  for stage in pipeline.STAGES:
+  for stage in layout.STAGES:
     assert os.path.exists(tmp_path / stage / 'stage_done.json'), stage
-  assert os.path.isdir(tmp_path / 'pretrain' / 'encoder')
-  assert os.path.isdir(tmp_path / 'world_model' / 'model')
+  assert os.path.isdir(tmp_path / layout.ENCODER_EXPORT)
+  assert os.path.isdir(tmp_path / layout.WORLD_MODEL_EXPORT)
   assert os.path.exists(tmp_path / 'planning' / 'results.png')
   assert any(name.startswith('events.out.tfevents') for _, _, files in os.walk(tmp_path)
              for name in files)
   # Same episodes for planner and random policy: planning must get closer to the goal.
   assert summary['episodes'] == config.planning.num_episodes
+  assert summary['episode_set'] == 'reference'
   assert summary['mean_final_distance'] < summary['random_policy_mean_final_distance']
   assert summary['success_rate'] >= summary['random_policy_success_rate']
+  assert summary['success_ci']['low'] <= summary['success_rate'] <= summary['success_ci']['high']
+  assert 0.0 <= summary['pixels_only_success_rate'] <= 1.0
 
   # A second run finds every stage done and reproduces the summary without recomputing.
-  again = pipeline.run_pipeline(config, str(tmp_path))
-  assert again == summary
+  again = main_job.run_pipeline(config, str(tmp_path))
+  assert {k: v for k, v in again.items() if k != 'provenance'} == {
+      k: v for k, v in summary.items() if k != 'provenance'}
+
+  # A changed setting is refused with one line naming it, before any work...
+  changed = config.copy_and_resolve_references()
+  changed.planning.num_episodes = 2
+  with pytest.raises(ValueError, match=r'stage 3 .*planning\.num_episodes: 8 -> 2.*--overwrite'):
+    main_job.run_pipeline(changed, str(tmp_path))
+  # ...and with overwrite only the changed stage reruns; the old one is kept aside.
+  rerun = main_job.run_pipeline(changed, str(tmp_path), overwrite=True)
+  assert rerun['episodes'] == 2
+  assert rerun['stage_seconds']['world_model'] == summary['stage_seconds']['world_model']
+  assert os.path.isdir(tmp_path / 'planning.replaced-1')
+  # A bad setting of a later stage fails before the first stage starts.
+  bad = config.copy_and_resolve_references()
+  bad.planning.num_samples = 4
+  with pytest.raises(ValueError, match='num_elites'):
+    main_job.run_pipeline(bad, str(tmp_path / 'fresh'))
+  assert not os.path.exists(tmp_path / 'fresh')

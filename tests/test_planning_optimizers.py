@@ -26,12 +26,14 @@ def draws(key, i, shape):
   return np.asarray(jax.random.normal(jax.random.fold_in(key, i), shape), np.float64)
 
 
-def np_sampling_planner(target, weights, key, cfg, refit, init_mean=None):
+def np_sampling_planner(target, weights, key, cfg, refit, init_mean=None, force_mean=True,
+                        with_elites=False):
   mean = np.zeros((cfg.horizon, A)) if init_mean is None else np.array(init_mean, np.float64)
   std = np.full((cfg.horizon, A), cfg.var_scale)
   for i in range(cfg.num_iters):
     samples = mean + std * draws(key, i, (cfg.num_samples, cfg.horizon, A))
-    samples[0] = mean
+    if force_mean:
+      samples[0] = mean
     lo = -np.inf if cfg.action_low is None else np.asarray(cfg.action_low)
     hi = np.inf if cfg.action_high is None else np.asarray(cfg.action_high)
     samples = np.clip(samples, lo, hi)
@@ -40,6 +42,8 @@ def np_sampling_planner(target, weights, key, cfg, refit, init_mean=None):
     new_mean, new_std = refit(samples[idx], costs[idx])
     mean = cfg.momentum * mean + (1 - cfg.momentum) * new_mean
     std = np.maximum(cfg.momentum * std + (1 - cfg.momentum) * new_std, cfg.min_std)
+  if with_elites:
+    return mean, std, samples[idx], costs[idx]
   return mean, std
 
 
@@ -47,12 +51,16 @@ def np_cem_refit(elites, costs):
   return elites.mean(0), elites.std(0, ddof=1)
 
 
+def np_mppi_weights(costs, temperature):
+  w = np.exp(temperature * (costs.min() - costs))  # the reference's score
+  return w / w.sum()
+
+
 def np_mppi_refit(temperature):
   def refit(elites, costs):
-    w = np.exp(-temperature * (costs - costs.min()))
-    w = w / w.sum()
-    mean = np.einsum('k,kha->ha', w, elites)
-    std = np.sqrt(np.einsum('k,kha->ha', w, (elites - mean) ** 2))
+    w = np_mppi_weights(costs, temperature)
+    mean = np.einsum('k,kha->ha', w, elites) / (w.sum() + 1e-9)
+    std = np.sqrt(np.einsum('k,kha->ha', w, (elites - mean) ** 2) / (w.sum() + 1e-9))
     return mean, std
   return refit
 
@@ -152,8 +160,12 @@ def test_bad_configs_raise():
     cem.CEMConfig(horizon=3, num_execute=4)
   with pytest.raises(ValueError, match='temperature'):
     mppi.MPPIConfig(temperature=0.0)
+  with pytest.raises(ValueError, match='variant'):
+    mppi.MPPIConfig(variant='eval')
   with pytest.raises(ValueError, match='optimizer'):
     gradient.GradientConfig(optimizer='sgdm')
+  with pytest.raises(ValueError, match='var_scale'):
+    gradient.GradientConfig(var_scale=-1.0)
   with pytest.raises(ValueError, match='init_mean'):
     cem.cem_plan(quadratic_cost, None, None, A, jax.random.PRNGKey(0),
                  cem.CEMConfig(horizon=H, num_execute=H), init_mean=jnp.zeros((2, A)))
@@ -165,10 +177,10 @@ def test_mppi_weights_closed_form():
   np.testing.assert_allclose(mppi.mppi_weights(jnp.asarray(costs, jnp.float32), 0.5), w, rtol=1e-6)
 
 
-def test_mppi_matches_numpy(problem):
+def test_mppi_tdmpc_variant_matches_numpy(problem):
   target, weights = problem
   cfg = mppi.MPPIConfig(num_samples=60, num_iters=5, num_elites=10, horizon=H, num_execute=H,
-                        temperature=2.0)
+                        temperature=2.0, var_scale=1.0, variant='tdmpc')
   key = jax.random.PRNGKey(7)
   plan, info = mppi.mppi_plan(quadratic_cost, target, weights, A, key, cfg)
   ref_mean, ref_std = np_sampling_planner(target, weights, key, cfg, np_mppi_refit(2.0))
@@ -176,16 +188,111 @@ def test_mppi_matches_numpy(problem):
   np.testing.assert_allclose(info['final_std'], ref_std, atol=1e-5)
 
 
+def test_mppi_reference_variant_matches_numpy(problem):
+  target, weights = problem
+  cfg = mppi.MPPIConfig(num_samples=60, num_iters=4, num_elites=10, horizon=H, num_execute=H)
+  assert (cfg.variant, cfg.var_scale, cfg.temperature) == ('reference', 2.0, 0.5)
+  key = jax.random.PRNGKey(11)
+  plan, info = jax.jit(lambda k: mppi.mppi_plan(quadratic_cost, target, weights, A, k, cfg))(key)
+  mean, std, elites, costs = np_sampling_planner(target, weights, key, cfg, np_mppi_refit(0.5),
+                                                 force_mean=False, with_elites=True)
+  # Read-out: elite k with probability w_k (numpy's choice: first k with u < cdf_k), plus
+  # std * one (A,) normal draw shared by every step.
+  pick_key, noise_key = mppi.readout_keys(key, cfg.num_iters)
+  w = np_mppi_weights(costs, 0.5)
+  u = float(jax.random.uniform(pick_key, (), jnp.float32))
+  k = int(np.searchsorted(np.cumsum(w) / w.sum(), u, side='right'))
+  noise = np.asarray(jax.random.normal(noise_key, (A,)), np.float64)
+  np.testing.assert_allclose(info['mean'], mean, atol=1e-5)
+  np.testing.assert_allclose(info['final_std'], std, atol=1e-5)
+  assert int(info['selected_elite']) == k
+  np.testing.assert_allclose(plan, elites[k] + std * noise[None, :], atol=1e-5)
+  assert not bool(info['all_nonfinite'])
+
+
+def test_mppi_reference_has_no_forced_mean_sample():
+  # Cost 0 exactly at the initial mean 0: only a forced mean sample reaches it.
+  cost = lambda s, g, a: jnp.sum(jnp.square(a), axis=(1, 2))
+  for variant, forced in (('reference', False), ('tdmpc', True)):
+    cfg = mppi.MPPIConfig(num_samples=16, num_iters=1, num_elites=4, horizon=H, num_execute=H,
+                          variant=variant)
+    _, info = mppi.mppi_plan(cost, None, None, A, jax.random.PRNGKey(0), cfg)
+    assert (float(info['best_cost'][0]) == 0.0) == forced
+
+
+def test_weighted_choice_frequencies():
+  w = jnp.asarray([0.5, 0.0, 0.3, 0.15, 0.05], jnp.float32)
+  n = 20000
+  picks = jax.vmap(lambda k: mppi.weighted_choice(k, w))(jax.random.split(jax.random.PRNGKey(0), n))
+  freq = np.bincount(np.asarray(picks), minlength=5) / n
+  sigma = np.sqrt(np.asarray(w) * (1 - np.asarray(w)) / n)
+  assert freq[1] == 0.0
+  np.testing.assert_array_less(np.abs(freq - np.asarray(w)), 5 * sigma + 1e-12)
+
+
+def nan_where_first_positive(state, goal, actions):
+  """Quadratic cost, NaN (odd samples: -inf) where the first action coordinate is > 0."""
+  base = jnp.sum(jnp.square(actions - 0.5), axis=(1, 2))
+  bad = jnp.where(jnp.arange(actions.shape[0]) % 2 == 0, jnp.nan, -jnp.inf)
+  return jnp.where(actions[:, 0, 0] > 0, bad, base)
+
+
+PLANNERS = [
+    (cem.cem_plan, cem.CEMConfig(num_samples=40, num_iters=3, num_elites=5, horizon=H,
+                                 num_execute=H)),
+    (mppi.mppi_plan, mppi.MPPIConfig(num_samples=40, num_iters=3, num_elites=5, horizon=H,
+                                     num_execute=H)),
+    (mppi.mppi_plan, mppi.MPPIConfig(num_samples=40, num_iters=3, num_elites=5, horizon=H,
+                                     num_execute=H, variant='tdmpc')),
+]
+
+
+@pytest.mark.parametrize('planner,cfg', PLANNERS)
+def test_nonfinite_costs_rank_last(planner, cfg):
+  _, info = planner(nan_where_first_positive, None, None, A, jax.random.PRNGKey(2), cfg)
+  # Enough finite samples exist every iteration: no elite is a NaN / -inf one.
+  assert np.all(np.asarray(info['final_elites'])[:, 0, 0] <= 0)
+  assert np.all(np.isfinite(info['best_cost'])) and not bool(info['all_nonfinite'])
+
+
+@pytest.mark.parametrize('planner,cfg', PLANNERS)
+def test_all_nonfinite_costs_are_flagged_and_plan_stays_finite(planner, cfg):
+  cost = lambda s, g, a: jnp.where(jnp.arange(a.shape[0]) % 3 == 0, jnp.nan,
+                                   jnp.where(jnp.arange(a.shape[0]) % 3 == 1, jnp.inf, -jnp.inf))
+  plan, info = jax.jit(lambda k: planner(cost, None, None, A, k, cfg))(jax.random.PRNGKey(0))
+  assert bool(info['all_nonfinite'])
+  assert np.all(np.isfinite(plan))
+  # No information: the distribution is never refitted.
+  np.testing.assert_array_equal(info['final_std'], np.full((H, A), cfg.var_scale, np.float32))
+
+
+def test_gd_nonfinite_steps_are_skipped_and_flagged():
+  cfg = gradient.GradientConfig(num_steps=4, lr=1.0, noise_std=0.1, horizon=H, num_execute=H)
+  key = jax.random.PRNGKey(3)
+  nan_cost = lambda s, g, a: jnp.full((a.shape[0],), jnp.nan) * jnp.sum(a, axis=(1, 2))
+  plan, info = gradient.gradient_plan(nan_cost, None, None, A, key, cfg)
+  assert bool(info['all_nonfinite'])
+  np.testing.assert_allclose(plan, draws(key, cfg.num_steps, (H, A)), atol=1e-7)  # the start
+  _, info = gradient.gradient_plan(quadratic_cost, jnp.zeros((H, A)), jnp.ones((H, A)), A, key, cfg)
+  assert not bool(info['all_nonfinite'])
+
+
 def test_gd_is_exact_gradient_descent_on_quadratic(problem):
   target, weights = problem
   lr, steps = 0.1, 7
-  cfg = gradient.GradientConfig(num_steps=steps, lr=lr, noise_std=0.0, horizon=H, num_execute=H)
-  plan, info = gradient.gradient_plan(quadratic_cost, target, weights, A, jax.random.PRNGKey(0), cfg)
-  # a_{k+1} = a_k - lr * 2 w (a_k - t)  =>  a_k - t = (1 - 2 lr w)^k (a_0 - t), a_0 = 0.
-  ref = target + (1 - 2 * lr * weights.astype(np.float64)) ** steps * (0 - target)
-  np.testing.assert_allclose(plan, ref, atol=1e-5)
-  ref_cost0 = np_quadratic(target, weights, np.zeros((1, H, A)))[0]
-  np.testing.assert_allclose(info['cost'][0], ref_cost0, rtol=1e-6)
+  key = jax.random.PRNGKey(0)
+  for var_scale in (1.0, 0.0):  # the reference's randn start, and the zero start
+    cfg = gradient.GradientConfig(num_steps=steps, lr=lr, noise_std=0.0, horizon=H, num_execute=H,
+                                  var_scale=var_scale)
+    plan, info = gradient.gradient_plan(quadratic_cost, target, weights, A, key, cfg)
+    # a_{k+1} = a_k - lr * 2 w (a_k - t)  =>  a_k - t = (1 - 2 lr w)^k (a_0 - t),
+    # a_0 = var_scale * randn (the documented draw fold_in(key, num_steps)).
+    a0 = var_scale * draws(key, steps, (H, A))
+    ref = target + (1 - 2 * lr * weights.astype(np.float64)) ** steps * (a0 - target)
+    np.testing.assert_allclose(plan, ref, atol=1e-5)
+    ref_cost0 = np_quadratic(target, weights, a0[None])[0]
+    np.testing.assert_allclose(info['cost'][0], ref_cost0, rtol=1e-5)
+  assert gradient.GradientConfig().var_scale == 1.0
 
 
 def test_gd_noise_and_clip():
@@ -194,10 +301,11 @@ def test_gd_noise_and_clip():
   key = jax.random.PRNGKey(4)
   flat = lambda s, g, a: jnp.zeros(a.shape[0])  # zero gradient: only the noise moves the plan
   plan, _ = gradient.gradient_plan(flat, None, None, A, key, cfg)
-  ref = noise * sum(draws(key, i, (H, A)) for i in range(steps))
+  ref = draws(key, steps, (H, A)) + noise * sum(draws(key, i, (H, A)) for i in range(steps))
   np.testing.assert_allclose(plan, ref, atol=1e-7)
   clipped = gradient.GradientConfig(num_steps=steps, lr=1.0, noise_std=1.0, horizon=H,
-                                    num_execute=H, action_low=-0.01, action_high=0.01)
+                                    num_execute=H, action_low=-0.01, action_high=0.01,
+                                    var_scale=5.0)
   plan, _ = gradient.gradient_plan(flat, None, None, A, key, clipped)
   assert float(jnp.max(jnp.abs(plan))) <= 0.01
 
@@ -205,12 +313,12 @@ def test_gd_noise_and_clip():
 def test_adam_first_step_and_minimum(problem):
   target, weights = problem
   one = gradient.GradientConfig(num_steps=1, lr=0.05, noise_std=0.0, optimizer='adam',
-                                horizon=H, num_execute=H)
+                                horizon=H, num_execute=H, var_scale=0.0)
   plan, _ = gradient.gradient_plan(quadratic_cost, target, weights, A, jax.random.PRNGKey(0), one)
   # Adam's bias-corrected first step is lr * g / (|g| + eps) = -lr * sign(a0 - t).
   np.testing.assert_allclose(plan, 0.05 * np.sign(target), atol=1e-6)
   many = gradient.GradientConfig(num_steps=400, lr=0.05, noise_std=0.0, optimizer='adam',
-                                 horizon=H, num_execute=H)
+                                 horizon=H, num_execute=H)  # from the reference's randn start
   plan, info = gradient.gradient_plan(quadratic_cost, target, weights, A, jax.random.PRNGKey(0), many)
   np.testing.assert_allclose(plan, target, atol=1e-2)
   assert float(info['cost'][-1]) < 1e-3

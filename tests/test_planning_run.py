@@ -37,13 +37,14 @@ def small_config():
   config.data.image_size = 32
   config.planning.update(num_episodes=3, num_samples=8, num_iters=2, num_elites=2, num_gifs=1,
                          latency_repeats=1)
+  config.planning_extra.mpc = dict(num_execute=3)
   return config
 
 
 def test_run_planning_with_exported_world_model(tmp_path):
   export_tiny_world_model(str(tmp_path / 'world_model' / 'model'))
   workdir = str(tmp_path / 'planning')
-  results = run.run_planning(workdir, small_config())  # default path: ../world_model/model
+  results = run.run_planning(workdir, small_config(), str(tmp_path / 'world_model' / 'model'))
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   for key in ('success_rate', 'random_policy_success_rate', 'mean_final_distance', 'episodes',
@@ -53,8 +54,14 @@ def test_run_planning_with_exported_world_model(tmp_path):
   assert saved['devices'] == len(jax.devices())  # episodes sharded over the config mesh
   assert os.path.getsize(os.path.join(workdir, 'results.png')) > 0
   assert [os.path.basename(p) for p in saved['gifs']] == ['episode_0.gif']
+  # Every extra row ran on the same episodes with its own protocol.
+  assert set(saved['rows']) == {'pixels_only', 'mpc'}
+  assert saved['rows']['mpc']['protocol']['num_plans_per_episode'] == 2
+  assert saved['rows']['pixels_only']['planner_settings'] == saved['planner_settings']
+  assert saved['rows']['mpc']['episode_info'] == saved['episode_info']
+  assert saved['provenance']['packages']['jax'] == jax.__version__
 
 
 def test_missing_world_model_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match='no exported world model'):
-    run.run_planning(str(tmp_path / 'planning'), small_config())
+    run.run_planning(str(tmp_path / 'planning'), small_config(), str(tmp_path / 'missing'))

@@ -11,7 +11,7 @@ from experiments.configs import wall
 from jepa_jax import checkpoint as checkpoint_lib
 from jepa_jax import sharding as sharding_lib
 from jepa_jax import training
-from jepa_jax.data import wall_tfds
+from jepa_jax.data import trajectories
 from jepa_jax.pretrain import masks as masks_lib
 from jepa_jax.pretrain import train as train_lib
 
@@ -27,7 +27,8 @@ def small_config(**pretrain):
   config.pretrain.update(dict(
       batch_size=8, num_steps=6, num_frames=4, frameskip=2, warmup_steps=2,
       predictor=dict(width=16, depth=1, num_heads=2), log_every=2, checkpoint_every=2,
-      probe_train_trajectories=4, probe_val_trajectories=3, probe_batch_size=32, **pretrain))
+      probe_train_trajectories=4, probe_val_trajectories=3, probe_batch_size=32,
+      geometry_frames=64, **pretrain))
   return config
 
 
@@ -135,7 +136,7 @@ class Preempted(Exception):
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, monkeypatch):
   config = small_config()
   data_dir = str(tmp_path / 'data')
-  wall_tfds.generate(data_dir, config.data, config.seed)
+  trajectories.generate(data_dir, config.env, config.data, config.seed)
 
   straight = train_lib.train(config, str(tmp_path / 'straight'), data_dir)
   assert straight['num_steps'] == 6
@@ -185,3 +186,21 @@ def test_unknown_pretrain_key_is_rejected():
   config.pretrain.learning_rate = 1.0
   with pytest.raises(TypeError, match='learning_rate'):
     train_lib.as_pretrain_config(config.pretrain)
+
+
+def test_sigreg_objective_adds_weighted_sigreg_of_context_tokens():
+  config = small_config(objective='vjepa_sigreg', sigreg_weight=0.25, sigreg_directions=8)
+  mesh = sharding_lib.make_mesh({'data': 1, 'fsdp': 1}, devices=jax.devices()[:1])
+  models, _, state, step_fn = train_lib.sharded_setup(config, mesh)
+  _, metrics = step_fn(state, sharding_lib.shard_batch(fake_batch(models, 8), mesh))
+  metrics = jax.device_get(metrics)
+  assert metrics['sigreg'] > 0
+  np.testing.assert_allclose(metrics['loss'], metrics['loss_jepa'] + 0.25 * metrics['sigreg'],
+                             rtol=1e-6)
+
+
+def test_objective_names_are_checked():
+  with pytest.raises(ValueError, match='jepa_jax.lewm'):
+    train_lib.as_pretrain_config(small_config(objective='lewm').pretrain)
+  with pytest.raises(ValueError, match='vjepa_sigreg'):
+    train_lib.as_pretrain_config(small_config(objective='jepa').pretrain)

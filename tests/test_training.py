@@ -223,3 +223,53 @@ def test_loop_argument_errors(tmp_path):
     training.run_train_loop(train_step=_train_step, state={}, data_iter=iter([]),
                             checkpointer=TrainCheckpointer(tmp_path, save_interval_steps=1),
                             num_steps=1, log_every=1, workdir=tmp_path)
+
+
+def test_nonfinite_loss_stops_with_one_line_and_is_never_saved(tmp_path):
+  # The loss turns NaN from step 5 on (log_every=2, save every 3): the first log step that
+  # sees it (6) stops the run; the last checkpoint is step 3, the last finite save point.
+  def diverges(state, batch):
+    state, metrics = _train_step(state, batch)
+    bad = state['step'] >= 5
+    return state, {'loss': jnp.where(bad, jnp.nan, metrics['loss'])}
+
+  with pytest.raises(training.NonFiniteError) as error:
+    _run(tmp_path, 10, train_step=diverges, stage_name='world_model')
+  message = str(error.value)
+  assert '\n' not in message and 'loss' in message and '--config.world_model.lr' in message
+  assert 'between steps 4 and 6' in message
+  assert TrainCheckpointer(tmp_path / 'checkpoints', save_interval_steps=3).latest_step() == 3
+
+
+def test_preemption_saves_then_stops(tmp_path, monkeypatch):
+  monkeypatch.setattr(training.PreemptionWatch, 'reached', lambda self, step: step == 5)
+  info = training.LoopInfo()
+  state, _ = _run(tmp_path, 9, info=info)
+  assert int(state['step']) == 5 and info.stopped == 'preempted' and info.step == 5
+  assert TrainCheckpointer(tmp_path / 'checkpoints', save_interval_steps=3).latest_step() == 5
+
+
+def test_check_finite_params_names_the_leaf():
+  training.check_finite_params({'a': jnp.ones(2)}, 'model')
+  with pytest.raises(training.NonFiniteError, match=r'model has non-finite values in 1 arrays '
+                                                    r'\(dense/kernel\)'):
+    training.check_finite_params({'dense': {'kernel': jnp.array([1.0, jnp.inf])},
+                                  'bias': jnp.zeros(2)}, 'model')
+
+
+def test_cosine_weight_decay_schedule_matches_numpy():
+  # wd_t = end + (start - end) (1 + cos(pi t / T)) / 2 on matrices, applied as p -= lr * wd_t p
+  # (zero gradients: Adam's update is 0), none on vectors.
+  start, end, total, lr = 1e-2, 1e-1, 4, 0.5
+  tx = training.make_optimizer(learning_rate=lr, weight_decay=end, weight_decay_start=start,
+                               total_steps=total, grad_clip_norm=None)
+  params = {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}
+  state = tx.init(params)
+  expected = np.ones((2, 2))
+  for t in range(6):
+    updates, state = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params)
+    params = optax.apply_updates(params, updates)
+    wd = end + (start - end) * 0.5 * (1 + np.cos(np.pi * min(t / total, 1.0)))
+    expected = expected - lr * wd * expected
+    np.testing.assert_allclose(params['w'], expected, rtol=1e-6)
+  np.testing.assert_array_equal(params['b'], np.ones(2))

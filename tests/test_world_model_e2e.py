@@ -12,7 +12,7 @@ import pytest
 
 from experiments.configs import wall as wall_configs
 from jepa_jax import checkpoint
-from jepa_jax.data import wall_tfds
+from jepa_jax.data import trajectories
 from jepa_jax.models import vit
 from jepa_jax.world_model import model as model_lib
 from jepa_jax.world_model import train
@@ -29,9 +29,12 @@ def setup(tmp_path_factory):
   config.world_model.update(dict(
       predictor_config=dict(depth=1, num_heads=2), proprio_emb_dim=4, batch_size=8,
       num_steps=4, log_every=1, checkpoint_every=2, eval_horizon=2, eval_batch_size=8,
-      eval_num_batches=2))
+      eval_num_batches=2,
+      # Constant decay: the 2-step "interrupted" run then computes the same first 2 steps as
+      # the 4-step run (a schedule would follow each run's num_steps).
+      weight_decay_start=None))
   config.mesh.update(dict(data=-1, fsdp=2))  # 4 x 2 fake devices
-  wall_tfds.generate(str(root / 'data'), config.data, config.seed)
+  trajectories.generate(str(root / "data"), config.env, config.data, config.seed)
   enc_cfg = vit.vit_config('tiny', image_size=32, width=16, depth=1, num_heads=2)
   params = vit.ViTEncoder(enc_cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 32, 32, 3)))
   checkpoint.save_model(root / 'encoder', kind='vit', config=dataclasses.asdict(enc_cfg),
@@ -58,6 +61,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(setup):
     np.testing.assert_array_equal(x, y)
   assert resumed['rollout_error'] == straight['rollout_error']
   assert resumed['num_steps'] == straight['num_steps'] == 4
+  # A checkpoint written with other settings is never resumed.
+  changed = config.copy_and_resolve_references()
+  changed.world_model.update(num_steps=6, lr=0.5)
+  with pytest.raises(ValueError, match=r"world_model\.lr: 0\.001 -> 0\.5.*new --workdir"):
+    train.train(changed, str(root / 'straight'), str(root / 'data'), str(root / 'encoder'))
 
   # summary.json: per-step errors and means, model and constant baseline side by side.
   with open(root / 'straight' / 'summary.json') as f:

@@ -153,6 +153,58 @@ def test_teacher_forcing_only_and_no_proprio():
   assert float(metrics['tf_proprio']) == 0.0
 
 
+def per_patch_predictor(w, z, a, pe, rng=None):
+  """Stand-in with per-patch proprio output (B, T, h, w, Pe) that depends on the patch; accepts
+  per-frame (B, T, Pe) or per-patch proprio input."""
+  z_next, _ = stand_in_predictor(w, z, a, None)
+  if pe.ndim == 3:
+    pe = jnp.broadcast_to(pe[:, :, None, None], z.shape[:4] + pe.shape[-1:])
+  t = z.shape[1]
+  pos = jnp.arange(1, t + 1, dtype=jnp.float32)
+  weights = jnp.tril(jnp.ones((t, t))) * pos[None, :] / pos[:, None]
+  return z_next, w * jnp.einsum('ij,bjhwp->bihwp', weights, pe) + 0.1 * z_next[..., :1]
+
+
+def np_per_patch_predictor(w, z, a, pe):
+  """float64 loops of per_patch_predictor; pe (B, T, Pe) or (B, T, h, w, Pe)."""
+  if pe.ndim == 3:
+    pe = np.broadcast_to(pe[:, :, None, None], z.shape[:4] + pe.shape[-1:])
+  z_out, _ = np_predictor(w, z, a, np.zeros(z.shape[:2] + (1,)))
+  pe_out = np.zeros_like(pe)
+  for i in range(z.shape[1]):
+    for j in range(i + 1):
+      pe_out[:, i] += w * (j + 1) / (i + 1) * pe[:, j]
+  return z_out, pe_out + 0.1 * z_out[..., :1]
+
+
+@pytest.mark.parametrize('t', [0, 1])
+def test_per_patch_proprio_is_supervised_on_every_patch(t):
+  """Teacher forcing and 2roll with per-patch proprio predictions: every patch is compared
+  with the frame's embedding, and the rollout context feeds the per-patch prediction back
+  (true frames repeated over the patches)."""
+  z, a, pe = make_batch(4, seed=5)
+  config = losses.LossConfig(rollout_context=3)
+  predict = lambda *x: per_patch_predictor(0.8, *x)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  tf_v, tf_p, (pred_z, pred_pe) = losses.teacher_forcing_loss(predict, f32(z), f32(a), f32(pe),
+                                                              config)
+  want_z, want_pe = np_per_patch_predictor(0.8, z[:, :-1], a[:, :-1], pe[:, :-1])
+  target = np.broadcast_to(pe[:, 1:, None, None], want_pe.shape)
+  np.testing.assert_allclose(tf_p, np.mean((want_pe - target) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(tf_v, np.mean((want_z - z[:, 1:]) ** 2), rtol=1e-5)
+  roll_v, roll_p = losses.rollout_loss(predict, f32(z), f32(a), f32(pe), pred_z, pred_pe,
+                                       jnp.int32(t), config)
+  # explicit context: true frames 0..t (repeated over patches) + predicted frame t + 1
+  pe_all = np.broadcast_to(pe[:, :, None, None], z.shape[:4] + pe.shape[-1:])
+  ctx_z = np.concatenate([z[:, :t + 1], want_z[:, t:t + 1]], 1)[:, -3:]
+  ctx_pe = np.concatenate([pe_all[:, :t + 1], want_pe[:, t:t + 1]], 1)[:, -3:]
+  first = t + 2 - ctx_z.shape[1]
+  out_z, out_pe = np_per_patch_predictor(0.8, ctx_z, a[:, first:t + 2], ctx_pe)
+  np.testing.assert_allclose(roll_v, np.mean((out_z[:, -1] - z[:, t + 2]) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(roll_p, np.mean((out_pe[:, -1] - pe_all[:, t + 2]) ** 2),
+                             rtol=1e-5)
+
+
 def test_bad_config_is_rejected():
   with pytest.raises(ValueError, match='rollout_steps'):
     losses.LossConfig(rollout_steps=3)

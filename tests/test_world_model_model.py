@@ -59,6 +59,51 @@ def test_sliding_window_unroll_matches_list_reference(horizon):
   np.testing.assert_allclose(pes, np_unroll(pe0, actions), rtol=1e-4, atol=1e-5)
 
 
+def per_patch_stand_in(z, a, pe):
+  """Like stand_in, but the proprio output is per patch (B, T, h, w, Pe) and depends on the
+  patch (through z), so per-patch feedback matters; pe may be (B, T, Pe) or per patch."""
+  z_out, _ = stand_in(z, a, None)
+  if pe.ndim == 3:
+    pe = jnp.broadcast_to(pe[:, :, None, None], z.shape[:4] + pe.shape[-1:])
+  t = z.shape[1]
+  pos = jnp.arange(1, t + 1, dtype=jnp.float32)
+  weights = jnp.tril(jnp.ones((t, t))) * pos[None, :] / pos[:, None]
+  pe_out = 0.9 * jnp.einsum('ij,bjhwp->bihwp', weights, pe) + 0.1 * z_out[..., :1]
+  return z_out, pe_out
+
+
+def np_per_patch_unroll(z0, pe0, actions):
+  """float64 list reference: pe0 repeated over the patches, per-patch predictions fed back."""
+  zs, pes = [z0], [np.broadcast_to(pe0[:, None, None], z0.shape[:3] + pe0.shape[-1:])]
+  for h in range(actions.shape[1]):
+    zw, pw = np.stack(zs[-2:], 1), np.stack(pes[-2:], 1)
+    acts = actions[:, max(0, h - 1):h + 1]
+    z_out = np_stand_in(zw, acts)
+    pe_out = np.zeros_like(pw)
+    for i in range(pw.shape[1]):
+      for j in range(i + 1):
+        pe_out[:, i] += 0.9 * (j + 1) / (i + 1) * pw[:, j]
+    pe_out += 0.1 * z_out[..., :1]
+    zs.append(z_out[:, -1])
+    pes.append(pe_out[:, -1])
+  return np.stack(zs[1:], 1), np.stack(pes[1:], 1)
+
+
+@pytest.mark.parametrize('horizon', [1, 4])
+def test_unroll_feeds_per_patch_proprio_back(horizon):
+  rng = np.random.default_rng(10 + horizon)
+  z0 = rng.normal(size=(B, H, W, D))
+  pe0 = rng.normal(size=(B, PE))
+  actions = rng.normal(size=(B, horizon, A))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  zs, pes = jax.jit(lambda *x: model_lib.sliding_window_unroll(per_patch_stand_in, *x))(
+      f32(z0), f32(pe0), f32(actions))
+  want_z, want_pe = np_per_patch_unroll(z0, pe0, actions)
+  assert pes.shape == (B, horizon, H, W, PE)
+  np.testing.assert_allclose(zs, want_z, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(pes, want_pe, rtol=1e-4, atol=1e-5)
+
+
 def test_unroll_without_proprio_and_under_vmap():
   rng = np.random.default_rng(0)
   z0 = jnp.asarray(rng.normal(size=(3, B, H, W, D)), jnp.float32)
@@ -143,8 +188,11 @@ def test_unroll_first_step_is_single_frame_prediction():
   zs, pes = jax.jit(model.unroll)(params, z0, pe0, actions)
   z1, pe1 = model.predict(params, z0[:, None], actions[:, :1], pe0[:, None])
   np.testing.assert_allclose(zs[:, 0], z1[:, 0], rtol=1e-5, atol=1e-6)
+  # per-patch proprio (AdaLN default): pe0 is repeated over the patches, pe1 fed back per patch
+  assert pe1.shape == (2, 1, 2, 2, 4) and pes.shape == (2, 3, 2, 2, 4)
+  pe0_patches = jnp.broadcast_to(pe0[:, None, None], (2, 2, 2, 4))
   z2, pe2 = model.predict(params, jnp.stack([z0, z1[:, 0]], 1), actions[:, :2],
-                          jnp.stack([pe0, pe1[:, 0]], 1))
+                          jnp.stack([pe0_patches, pe1[:, 0]], 1))
   np.testing.assert_allclose(zs[:, 1], z2[:, 1], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(pes[:, 1], pe2[:, 1], rtol=1e-4, atol=1e-5)
 
@@ -179,7 +227,7 @@ def test_residual_option_adds_the_input(tmp_path):
   out_z, out_pe = model.predict(params, z, actions, pe)
   res_z, res_pe = residual.predict(params, z, actions, pe)
   np.testing.assert_allclose(res_z, z + out_z, rtol=1e-6)
-  np.testing.assert_allclose(res_pe, pe + out_pe, rtol=1e-6)
+  np.testing.assert_allclose(res_pe, pe[:, :, None, None] + out_pe, rtol=1e-6)
   model_lib.save_world_model(tmp_path / 'wm', residual, params)
   assert model_lib.load_world_model(tmp_path / 'wm')[0].residual
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import sharding
+from jepa_jax import sharding, training
 from jepa_jax.models import vit
 from jepa_jax.world_model import model as model_lib
 from jepa_jax.world_model import train
@@ -51,7 +51,9 @@ def make_batch(batch_size=8, seed=0):
 
 def run_steps(mesh, num_steps=2):
   step, state, encoder_params = setup()
-  jitted, state_sh, enc_sh = train.jit_train_step(step, state, encoder_params, mesh, RULES)
+  state_sh = sharding.param_shardings(state, mesh, RULES)
+  enc_sh = sharding.param_shardings(encoder_params, mesh, RULES)
+  jitted = training.jit_step(step, state_sh, (enc_sh,), mesh)
   initial = jax.device_get(state)
   state = jax.device_put(state, state_sh)
   encoder_params = jax.device_put(encoder_params, enc_sh)
@@ -83,9 +85,11 @@ def test_sharded_step_matches_single_device():
 
 
 def test_no_weight_decay_on_biases_and_norms():
-  """With a zero loss gradient (lr > 0, huge decay), only matrices shrink."""
+  """With a zero loss gradient (lr > 0, huge decay), only matrices shrink; the first step
+  decays by weight_decay_start (the cosine schedule starts there)."""
   _, state, _ = setup(weight_decay=0.5, grad_clip_norm=0.0)
-  tx = train.make_optimizer(train.WorldModelConfig(lr=0.1, weight_decay=0.5, grad_clip_norm=0.0))
+  tx = train.make_optimizer(train.WorldModelConfig(lr=0.1, weight_decay=0.9,
+                                                   weight_decay_start=0.5, grad_clip_norm=0.0))
   zeros = jax.tree.map(jnp.zeros_like, state['params'])
   updates, _ = tx.update(zeros, tx.init(state['params']), state['params'])
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]

@@ -47,16 +47,24 @@ def test_rollout_errors_match_numpy():
                                rtol=1e-5)
     np.testing.assert_allclose(out['constant_proprio'][k - 1],
                                np.mean((pe[:, 0] - pe[:, k]) ** 2), rtol=1e-5)
+  # The latent scale: per-channel variance over clips and patches of frames 1..H, averaged.
+  true = z[:, 1:horizon + 1]
+  np.testing.assert_allclose(out['latent_variance'],
+                             np.var(true, axis=(0, 2, 3)).mean(-1), rtol=1e-5)
 
 
 def test_evaluate_averages_and_summary_is_json():
-  fn = lambda params, batch: {'visual': jnp.full(2, batch), 'constant_visual': jnp.ones(2)}
+  fn = lambda params, batch: {'visual': jnp.full(2, batch), 'constant_visual': jnp.ones(2),
+                              'latent_variance': jnp.full(2, 4.0)}
   result = validate.evaluate(fn, None, [1.0, 3.0])
   np.testing.assert_allclose(result['visual'], [2.0, 2.0])
   summary = validate.summary_entries(result)
   assert summary == {'rollout_error': {'visual': [2.0, 2.0], 'visual_mean': 2.0},
                      'constant_baseline': {'visual': [1.0, 1.0], 'visual_mean': 1.0},
-                     'ratio_to_constant': {'visual_mean': 2.0}}
+                     'ratio_to_constant': {'visual_mean': 2.0}, 'latent_variance': 4.0,
+                     'rollout_error_normalised': {'visual': [0.5, 0.5],
+                                                  'constant_visual': [0.25, 0.25]},
+                     'beats_constant_every_step': False}
   json.dumps(summary)
   table = validate.format_table(result)
   assert 'mean' in table and '2.000' in table  # ratio model / constant

@@ -2,5 +2,6 @@
 
 import os
 
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 # The binaries' default `--config`, found next to this file so that it works from any directory.
-WALL_TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'wall.py') + ':tiny'
+WALL_TINY = os.path.join(CONFIG_DIR, 'wall.py') + ':tiny'

@@ -14,12 +14,15 @@ import os
 from typing import Any
 
 from jepa_jax import checkpoint as checkpoint_lib
+from jepa_jax import outputs
 from jepa_jax.convert.dinov2 import convert_dinov2, dinov2_config_from_state
 from jepa_jax.convert.reference_predictors import (build_converted,
                                                    convert_reference_predictor)
 from jepa_jax.convert.torch_io import CheckpointMismatchError, load_torch_checkpoint
 
 CONVERT_KINDS = ('dinov2', 'adaln', 'dino_wm')
+# Output-folder kind of a converted export (outputs.prepare_output_dir marker).
+EXPORT_OUTPUT_KIND = 'converted_checkpoint'
 
 
 def convert_checkpoint(kind: str, input_path: str, output_path: str, **options: Any) -> dict:
@@ -30,7 +33,9 @@ def convert_checkpoint(kind: str, input_path: str, output_path: str, **options: 
       (export kind 'predictor', config = {'kind', 'predictor', 'proprio_dim'}, params
       {'predictor', 'proprio_encoder'}).
     input_path: the `.pth` / `.pth.tar` file.
-    output_path: directory of the Orbax export (overwritten).
+    output_path: directory of the Orbax export: new, empty, or an earlier conversion (replaced
+      atomically once the new export is complete). A folder holding other files, or the input,
+      is refused (see `jepa_jax.outputs.prepare_output_dir`).
     **options: keyword arguments of `convert_dinov2` / `convert_reference_predictor`.
 
   Returns:
@@ -38,6 +43,11 @@ def convert_checkpoint(kind: str, input_path: str, output_path: str, **options: 
   """
   if kind not in CONVERT_KINDS:
     raise ValueError(f'unknown checkpoint kind {kind!r}; choose one of {CONVERT_KINDS}')
+  if not os.path.isfile(input_path):
+    raise FileNotFoundError(f'no checkpoint file at {input_path!r}; pass the .pth/.pth.tar file '
+                            'as --input')
+  # Before any work: never write into the input, or over files that are not ours.
+  outputs.prepare_output_dir(output_path, kind=EXPORT_OUTPUT_KIND, inputs=[input_path])
   extra = {'source': os.path.abspath(input_path), 'converted_from': kind}
   if kind == 'dinov2':
     vit_config, params = convert_dinov2(input_path, **options)

@@ -1,2 +1,2 @@
-"""Trajectory datasets: TFDS builders (wall_tfds), grain clip pipelines (pipeline), normalisation
-statistics (stats)."""
+"""Trajectory datasets: the TFDS builder of every environment (trajectories), grain clip
+pipelines (pipeline), normalisation statistics (stats)."""

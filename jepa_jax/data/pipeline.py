@@ -1,4 +1,4 @@
-"""Grain pipeline: Wall trajectories -> batches of normalised clips for stages 1 and 2.
+"""Grain pipeline: environment trajectories -> batches of normalised clips for stages 1 and 2.
 
 Records: every (trajectory, clip start) pair of a split is one record, as in the reference's
 trajectory slicer, so one epoch visits every clip once. A clip of `num_frames` frames every
@@ -19,14 +19,15 @@ import grain
 import numpy as np
 
 from jepa_jax.data import stats as stats_lib
-from jepa_jax.data import wall_tfds
+from jepa_jax.data import trajectories
 
 
 class ClipReader(grain.transforms.Map):
   """Record index -> one normalised clip (see module docstring).
 
-  Output: observations uint8 (T, S, S, 3), actions f32 (T, frameskip*2) (z-scored),
-  proprio f32 (T, 2) (z-scored), states f32 (T, 2) (raw positions).
+  Output: observations uint8 (T, S, S, 3), actions f32 (T, frameskip*A) (z-scored),
+  proprio f32 (T, P) (z-scored), states f32 (T, state_dim) (raw simulator states: for probes
+  only, never a model input).
   """
 
   def __init__(self, source: Sequence[dict], num_starts: int, num_frames: int, frameskip: int,
@@ -43,13 +44,13 @@ class ClipReader(grain.transforms.Map):
     frames = start + self._frameskip * np.arange(self._num_frames)
     raw_actions = example['actions'][start:start + self._num_frames * self._frameskip]
     actions = (raw_actions - self._stats['action_mean']) / self._stats['action_std']
-    states = example['proprio'][frames]
+    proprio = example['proprio'][frames]
     return {
         'observations': example['observations'][frames],
         'actions': actions.reshape(self._num_frames, -1).astype(np.float32),
-        'proprio': ((states - self._stats['proprio_mean'])
+        'proprio': ((proprio - self._stats['proprio_mean'])
                     / self._stats['proprio_std']).astype(np.float32),
-        'states': states.astype(np.float32),
+        'states': example['states'][frames].astype(np.float32),
     }
 
 
@@ -81,7 +82,7 @@ def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frame
   """Checkpointable iterator over batches of clips.
 
   Args:
-    dataset_dir: a complete dataset folder (wall_tfds.dataset_dir / generate).
+    dataset_dir: a complete dataset folder (trajectories.dataset_dir / generate).
     split: 'train' or 'validation'.
     batch_size: per-shard (per-host) batch size B.
     num_frames, frameskip: clip of T = num_frames frames every `frameskip` env steps.
@@ -96,18 +97,18 @@ def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frame
       absl app has them; elsewhere call `absl.flags.FLAGS.mark_as_parsed()`).
 
   Returns:
-    Iterator of {'observations': uint8 (B, T, S, S, 3), 'actions': f32 (B, T, frameskip*2),
-    'proprio': f32 (B, T, 2), 'states': f32 (B, T, 2)}; get_state()/set_state() resume it
+    Iterator of {'observations': uint8 (B, T, S, S, 3), 'actions': f32 (B, T, frameskip*A),
+    'proprio': f32 (B, T, P), 'states': f32 (B, T, state_dim)}; get_state()/set_state() resume it
     exactly.
   """
-  if split not in wall_tfds.SPLITS:
-    raise ValueError(f'unknown split {split!r}; choose one of {wall_tfds.SPLITS}')
+  if split not in trajectories.SPLITS:
+    raise ValueError(f'unknown split {split!r}; choose one of {trajectories.SPLITS}')
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index={shard_index} must be in [0, shard_count={shard_count})')
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  builder = wall_tfds.open_builder(dataset_dir)
-  num_starts = num_clip_starts(wall_tfds.trajectory_length(builder), num_frames, frameskip)
+  builder = trajectories.open_builder(dataset_dir)
+  num_starts = num_clip_starts(trajectories.trajectory_length(builder), num_frames, frameskip)
   source = builder.as_data_source(split)
   per_shard = len(source) * num_starts // shard_count
   if per_shard < (batch_size if drop_remainder else 1):

@@ -48,6 +48,9 @@ class Environment:
       seeded episode draw, or None where the reference has none.
     probe_target_names: names of the K probe targets (for logs).
     distance_unit: unit of `distance`, for reports ('px', 'm', ...).
+    plot_extent: `(left, right, bottom, top)` coordinates of the first two probe targets at the
+      edges of a rendered frame (matplotlib's imshow extent), so plots can draw trajectories over
+      a frame; None when the probe targets are not image coordinates.
   """
   name: str
   state_dim: int
@@ -68,6 +71,7 @@ class Environment:
   reference_start_goal: Optional[Callable[[int], Tuple[np.ndarray, np.ndarray]]] = None
   probe_target_names: Tuple[str, ...] = ()
   distance_unit: str = ''
+  plot_extent: Optional[Tuple[float, float, float, float]] = None
 
   def rollout(self, start: State, actions: jax.Array) -> jax.Array:
     """States visited from `start` under env actions `(T, A)`: `(T + 1, state_dim)`."""

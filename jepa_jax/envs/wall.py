@@ -374,6 +374,31 @@ def _collect_actions(key, start, length):
   return random_walk_actions(key, length, start)
 
 
+def reference_start_goal(seed):
+  """The reference's seeded evaluation draw, `DotWall.generate_random_state(seed)`, exactly.
+
+  `rs = np.random.RandomState(seed)`; in order sx ~ U[7.4, 25.6), gx ~ U[38.4, 56.6),
+  sy ~ U[7.4, 56.6), gy ~ U[7.4, 56.6) (`rs.uniform`), then sx and gx swap when
+  `rs.uniform(0, 1) < 0.5`. The bounds are the reference's `border_wall_loc - 1 + 2 * dot_std`
+  etc., which equal these float64 literals bit for bit.
+  Args:
+    seed: Python or numpy int in [0, 2**32) (the reference's episode seed).
+  Returns:
+    (start, goal), each float64 numpy `(2,)` = (x, y).
+  """
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+      or not 0 <= seed < 2**32:
+    raise ValueError(f'reference_start_goal seed must be an int in [0, 2**32); got {seed!r}')
+  rs = np.random.RandomState(int(seed))
+  start_x = rs.uniform(*LEFT_START_X)
+  goal_x = rs.uniform(*RIGHT_START_X)
+  start_y = rs.uniform(*START_Y)
+  goal_y = rs.uniform(*START_Y)
+  if rs.uniform(0.0, 1.0) < 0.5:  # the reference travels right-to-left half of the time
+    start_x, goal_x = goal_x, start_x
+  return np.array([start_x, start_y]), np.array([goal_x, goal_y])
+
+
 ENV = base.Environment(
     name='wall',
     state_dim=2,
@@ -391,6 +416,9 @@ ENV = base.Environment(
     collect_actions=_collect_actions,
     probe_targets=lambda pos: pos,
     oracle_cost=lambda pos, goal: jnp.sum(jnp.square(goal - pos), axis=-1),
+    reference_start_goal=reference_start_goal,
     probe_target_names=('x', 'y'),
     distance_unit='px',
+    # Pixel centres sit at integer (col, row) of the 65-grid; y (rows) grows downwards.
+    plot_extent=(-0.5, GRID_SIZE - 0.5, GRID_SIZE - 0.5, -0.5),
 )

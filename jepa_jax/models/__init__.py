@@ -4,7 +4,8 @@ action-conditioned predictors (predictors.py) and the stage-1 masked predictor
 
 from jepa_jax.models.masked_predictor import MaskedPredictor, MaskedPredictorConfig
 from jepa_jax.models.predictors import (AdaLNConfig, AdaLNPredictor, DinoWMConfig,
-                                        DinoWMPredictor, PREDICTOR_KINDS, ProprioEncoder,
-                                        VJEPA2ACConfig, VJEPA2ACPredictor, build_predictor)
+                                        DinoWMPredictor, PREDICTOR_KINDS, PROPRIO_READOUTS,
+                                        ProprioEncoder, VJEPA2ACConfig, VJEPA2ACPredictor,
+                                        build_predictor)
 from jepa_jax.models.vit import (IMAGENET_MEAN, IMAGENET_STD, ViTConfig, ViTEncoder,
                                  dinov2_config, image_to_clip, preprocess_frames, vit_config)

@@ -1,5 +1,6 @@
-"""Transformer pieces shared by every model: attention (optional 3D RoPE and masks), MLP,
-LayerScale, the pre-LN block and the AdaLN block, initialisers and attention masks.
+"""Transformer pieces shared by every model: attention (optional 3D RoPE, masks, block-wise
+frame-causal attention), MLP, LayerScale, the pre-LN block and the AdaLN block, initialisers,
+and `scan_blocks` (identical blocks as one `lax.scan`, optional remat).
 
 Parameters are float32; `dtype` is the compute dtype (e.g. `jnp.bfloat16`). Softmax and
 LayerNorm statistics are computed in float32.
@@ -22,7 +23,6 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jepa_jax.models import rope as rope_lib
 
@@ -58,20 +58,55 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def frame_causal_mask(num_frames: int, tokens_per_frame: int) -> np.ndarray:
-  """`(N, N)` bool, N = num_frames * tokens_per_frame: token i may attend token j iff
-  frame(j) <= frame(i) (block lower-triangular; all tokens of a frame see each other)."""
-  frame = np.repeat(np.arange(num_frames), tokens_per_frame)
-  return frame[None, :] <= frame[:, None]
-
-
 def gelu_exact(x: jnp.ndarray) -> jnp.ndarray:
   """GELU with the exact erf form (torch nn.GELU() default)."""
   return nn.gelu(x, approximate=False)
 
 
+def softmax_attend(q, k, v, *, mask=None, dropout: Callable | None = None):
+  """softmax(q k^T) v with float32 logits and softmax statistics.
+
+  Args:
+    q: `(B, h, Nq, hd)` queries, already scaled by 1/sqrt(hd).
+    k, v: `(B, h, Nk, hd)`.
+    mask: bool broadcastable to `(B, h, Nq, Nk)`, True = may attend; None = full.
+    dropout: applied to the probabilities (None = no dropout).
+  Returns:
+    `(B, h, Nq, hd)` in v's dtype.
+  """
+  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  # max is a constant shift of each row (softmax is invariant to it): no gradient needed.
+  logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  weights = jnp.exp(logits)
+  probs = (weights / jnp.sum(weights, axis=-1, keepdims=True)).astype(v.dtype)
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.einsum('bhqk,bhkd->bhqd', probs, v)
+
+
+def frame_causal_attend(q, k, v, num_frames: int, *, dropout: Callable | None = None):
+  """Frame-causal attention without a dense mask: the queries of frame t attend the keys of
+  frames 0..t (all tokens of a frame see each other), one block per frame, so the masked
+  upper triangle of frame blocks is never computed.
+
+  Args: q, k, v `(B, h, T*N, hd)` frame-major (q scaled); num_frames T. Returns `(B, h, T*N, hd)`.
+  """
+  length = q.shape[2]
+  if length % num_frames:
+    raise ValueError(f'{length} tokens cannot be split into {num_frames} frames')
+  n = length // num_frames
+  outs = [softmax_attend(q[:, :, t * n:(t + 1) * n], k[:, :, :(t + 1) * n],
+                         v[:, :, :(t + 1) * n], dropout=dropout) for t in range(num_frames)]
+  return outs[0] if num_frames == 1 else jnp.concatenate(outs, axis=2)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with optional 3D RoPE on q and k.
+
+  Computed head-major `(B, heads, N, head_dim)`; q is scaled by 1/sqrt(head_dim) before the
+  logits (RoPE is linear, so this equals scaling the logits).
 
   Attributes:
     num_heads: number of heads.
@@ -91,11 +126,15 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, mask=None, positions=None, deterministic: bool = True):
+  def __call__(self, x, *, mask=None, positions=None, causal_frames: int | None = None,
+               deterministic: bool = True):
     """Args:
       x: `(B, N, D)` tokens.
       mask: bool broadcastable to `(B, heads, N, N)`, True = may attend; None = full.
       positions: `(N, 3)` or `(B, N, 3)` int RoPE positions (frame, row, col); None = no RoPE.
+        A numpy array makes the cos/sin tables trace-time constants.
+      causal_frames: T = frame-causal attention over T equal frames (frame-major tokens),
+        computed block by block (see `frame_causal_attend`); excludes `mask`.
       deterministic: disables dropout (dropout needs the 'dropout' rng otherwise).
     Returns:
       `(B, N, D)`.
@@ -104,20 +143,25 @@ class Attention(nn.Module):
     head_dim = self.head_dim or width // self.num_heads
     if self.head_dim is None and width % self.num_heads:
       raise ValueError(f'width {width} is not divisible by num_heads {self.num_heads}')
+    if mask is not None and causal_frames is not None:
+      raise ValueError('Attention: give either mask or causal_frames, not both')
     inner = self.num_heads * head_dim
     qkv = dense(3 * inner, self.dtype, 'qkv', use_bias=self.qkv_bias)(x)
-    qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, h, hd)
+    qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * (1.0 / math.sqrt(head_dim)), qkv[1], qkv[2]  # (B, h, N, hd)
     if positions is not None:
-      q = rope_lib.apply_rope3d(q, positions, layout=self.rope_layout)
-      k = rope_lib.apply_rope3d(k, positions, layout=self.rope_layout)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-    logits = logits / math.sqrt(head_dim)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(batch, length, inner)
+      cos, sin = rope_lib.rope_tables(positions, head_dim, layout=self.rope_layout)
+      if cos.ndim == 3:  # per-sample positions (B, N, hd): broadcast over heads
+        cos, sin = cos[:, None], sin[:, None]
+      q, k = rope_lib.apply_tables(q, cos, sin), rope_lib.apply_tables(k, cos, sin)
+    drop = None
+    if self.dropout and not deterministic:
+      drop = lambda p: nn.Dropout(self.dropout)(p, deterministic=False)
+    if causal_frames is not None:
+      out = frame_causal_attend(q, k, v, causal_frames, dropout=drop)
+    else:
+      out = softmax_attend(q, k, v, mask=mask, dropout=drop)
+    out = out.transpose(0, 2, 1, 3).reshape(batch, length, inner)
     out = dense(width, self.dtype, 'proj', std=self.proj_std)(out)
     return nn.Dropout(self.dropout)(out, deterministic=deterministic)
 
@@ -172,13 +216,15 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, mask=None, positions=None, deterministic: bool = True):
-    """`(B, N, D)` -> `(B, N, D)`; mask/positions as in Attention."""
+  def __call__(self, x, *, mask=None, positions=None, causal_frames: int | None = None,
+               deterministic: bool = True):
+    """`(B, N, D)` -> `(B, N, D)`; mask/positions/causal_frames as in Attention."""
     out_std = 0.02 / math.sqrt(2 * self.layer_id) if self.layer_id > 0 else 0.02
     h = Attention(self.num_heads, self.head_dim, self.qkv_bias, self.rope_layout, self.dropout,
                   out_std, self.dtype, name='attn')(
                       layer_norm(self.layernorm_eps, self.dtype, 'norm1')(x), mask=mask,
-                      positions=positions, deterministic=deterministic)
+                      positions=positions, causal_frames=causal_frames,
+                      deterministic=deterministic)
     if self.layerscale_init is not None:
       h = LayerScale(self.layerscale_init, name='ls1')(h)
     x = x + h
@@ -212,11 +258,12 @@ class AdaLNBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cond, *, mask=None, positions=None):
+  def __call__(self, x, cond, *, mask=None, positions=None, causal: bool = False):
     """Args:
       x: `(B, T*N, D)` tokens, frame-major (N tokens per frame).
       cond: `(B, T, C)` per-frame condition (the embedded action).
       mask, positions: as in Attention.
+      causal: frame-causal attention over the T frames of `cond` (block by block, no mask).
     Returns:
       `(B, T*N, D)`.
     """
@@ -236,9 +283,55 @@ class AdaLNBlock(nn.Module):
     h = per_frame(lambda t: t * (1 + scale1) + shift1,
                   layer_norm(self.layernorm_eps, self.dtype, 'norm1')(x))
     h = Attention(self.num_heads, None, self.qkv_bias, self.rope_layout, 0.0, out_std,
-                  self.dtype, name='attn')(h, mask=mask, positions=positions)
+                  self.dtype, name='attn')(h, mask=mask, positions=positions,
+                                           causal_frames=frames if causal else None)
     x = x + per_frame(lambda t: gate1 * t, h)
     h = per_frame(lambda t: t * (1 + scale2) + shift2,
                   layer_norm(self.layernorm_eps, self.dtype, 'norm2')(x))
     h = Mlp(self.mlp_dim, 0.0, out_std, self.dtype, name='mlp')(h)
     return x + per_frame(lambda t: gate2 * t, h)
+
+
+REMAT_POLICIES = {
+    'none': None,  # keep every activation (fastest; planning, small models)
+    'full': jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+def scan_blocks(parent: nn.Module, block: nn.Module, depth: int, prefix: str, x, *args,
+                remat: str = 'none', **kwargs):
+  """Applies `depth` copies of `block` in sequence; the compiled graph holds ONE block.
+
+  The parameters keep one subtree per block, `{prefix}{i}` for i < depth (the layout the
+  converters and checkpoints use); at apply time they are stacked on a leading layer axis and
+  the blocks run as a `lax.scan`, so compile time does not grow with the depth.
+
+  Args:
+    parent: the calling module (inside its compact `__call__`).
+    block: an UNBOUND block module (`parent=None`); `layer_id` is set to i + 1 for block i
+      (it only changes the init).
+    depth: number of blocks.
+    prefix: parameter-name prefix.
+    x: the carried activations; args / kwargs: passed unchanged to every block.
+    remat: key of REMAT_POLICIES: 'none', 'full' or 'dots' (gradient checkpointing per block).
+  Returns:
+    the output of the last block.
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'unknown remat policy {remat!r}; choose one of {tuple(REMAT_POLICIES)}')
+  if parent.is_initializing():  # create the per-block params, one block after the other
+    for i in range(depth):
+      x = block.clone(parent=parent, name=f'{prefix}{i}', layer_id=i + 1)(x, *args, **kwargs)
+    return x
+  params = parent.variables['params']
+  stacked = jax.tree.map(lambda *p: jnp.stack(p),
+                         *[params[f'{prefix}{i}'] for i in range(depth)])
+
+  def body(carry, block_params):
+    return block.apply({'params': block_params}, carry, *args, **kwargs), None
+
+  if REMAT_POLICIES[remat] is not None:
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+  x, _ = jax.lax.scan(body, x, stacked)
+  return x

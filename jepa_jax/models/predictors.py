@@ -4,7 +4,12 @@ Every predictor has the same call (teacher-forced, frame-causal):
 
   predictor.apply({'params': p}, latents (B, T, H, W, Dv), actions (B, T, A),
                   proprio_emb (B, T, Pe) | None, deterministic=True)
-      -> (visual (B, T, H, W, Dv), proprio_emb_pred (B, T, Pe) | None)
+      -> (visual (B, T, H, W, Dv), proprio_emb_pred | None)
+
+proprio_emb_pred is `(B, T, Pe)` for DINO-WM and V-JEPA 2-AC, and for the AdaLN predictor
+`(B, T, H, W, Pe)` (one prediction per patch, the reference; `proprio_readout='first_patch'`
+gives `(B, T, Pe)`). AdaLN and DINO-WM also accept proprio_emb per patch `(B, T, H, W, Pe)`, so
+per-patch predictions can be fed back in rollouts.
 
 Output frame t is the prediction of frame t + 1 and depends only on inputs of frames <= t.
 Proprioception enters as EMBEDDINGS from the separate `ProprioEncoder` (module name
@@ -35,6 +40,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from jepa_jax.models import layers
 from jepa_jax.models import rope as rope_lib
@@ -55,8 +61,11 @@ class ProprioEncoder(nn.Module):
                     bias_init=init, name='patch_embed')(proprio)
 
 
-def _check_inputs(module, latents, actions, proprio_emb):
-  """Validates the common predictor inputs against `module.config`; returns latents.shape."""
+def _check_inputs(module, latents, actions, proprio_emb, per_patch_proprio: bool = False):
+  """Validates the common predictor inputs against `module.config`; returns latents.shape.
+
+  per_patch_proprio: the module also accepts proprio embeddings per patch `(B, T, H, W, Pe)`.
+  """
   name = type(module).__name__
   cfg = module.config
   latent_dim, action_dim = cfg.latent_dim, cfg.action_dim
@@ -75,19 +84,32 @@ def _check_inputs(module, latents, actions, proprio_emb):
                      'None; pass embeddings or set proprio_emb_dim=0')
   if not proprio_emb_dim and proprio_emb is not None:
     raise ValueError(f'{name}: proprio_emb given but proprio_emb_dim=0 in the config')
-  if proprio_emb is not None and proprio_emb.shape != (batch, frames, proprio_emb_dim):
-    raise ValueError(f'{name}: proprio_emb must be {(batch, frames, proprio_emb_dim)}, got '
+  allowed = [(batch, frames, proprio_emb_dim)]
+  if per_patch_proprio:
+    allowed.append((batch, frames, height, width, proprio_emb_dim))
+  if proprio_emb is not None and proprio_emb.shape not in allowed:
+    raise ValueError(f'{name}: proprio_emb must be one of {" or ".join(map(str, allowed))}, got '
                      f'{proprio_emb.shape}')
   return latents.shape
 
 
 def _concat_proprio(x, proprio_emb):
-  """Repeats `(B, T, Pe)` over the patches of `(B, T, H, W, E)` and concatenates channels."""
+  """Concatenates proprio channels to `(B, T, H, W, E)`: `(B, T, Pe)` is repeated over the
+  patches, `(B, T, H, W, Pe)` (one embedding per patch) is taken as it is."""
   if proprio_emb is None:
     return x
-  tiled = jnp.broadcast_to(proprio_emb[:, :, None, None, :].astype(x.dtype),
-                           x.shape[:-1] + proprio_emb.shape[-1:])
+  if proprio_emb.ndim == 3:
+    proprio_emb = proprio_emb[:, :, None, None, :]
+  tiled = jnp.broadcast_to(proprio_emb.astype(x.dtype), x.shape[:-1] + proprio_emb.shape[-1:])
   return jnp.concatenate([x, tiled], axis=-1)
+
+
+PROPRIO_READOUTS = ('per_patch', 'first_patch')
+
+
+def _check_remat(remat: str) -> None:
+  if remat not in layers.REMAT_POLICIES:
+    raise ValueError(f'remat={remat!r} must be one of {tuple(layers.REMAT_POLICIES)}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +119,10 @@ class AdaLNConfig:
   latent_dim: encoder width Dv. embed_dim: visual width E inside the predictor (None -> Dv);
   the token width is E + proprio_emb_dim. zero_init: AdaLN-zero (modulation weights 0).
   max_frames: longest context the model is trained for (documentation; RoPE needs no table).
+  proprio_readout: 'per_patch' (the reference: one proprio prediction per patch,
+    `(B, T, H, W, Pe)`) or 'first_patch' (patch (0, 0) only, `(B, T, Pe)`).
+  remat: gradient checkpointing of each block, a key of `layers.REMAT_POLICIES`
+    ('none', 'full', 'dots'); changes memory and speed of training, never the values.
   """
   latent_dim: int = 384
   embed_dim: int | None = None
@@ -112,6 +138,14 @@ class AdaLNConfig:
   zero_init: bool = False
   modulation_std: float = 0.2
   rope_layout: str = 'reference'
+  proprio_readout: str = 'per_patch'
+  remat: str = 'none'
+
+  def __post_init__(self):
+    if self.proprio_readout not in PROPRIO_READOUTS:
+      raise ValueError(f'proprio_readout={self.proprio_readout!r} must be one of '
+                       f'{PROPRIO_READOUTS}')
+    _check_remat(self.remat)
 
   @property
   def width(self) -> int:
@@ -122,33 +156,42 @@ class AdaLNPredictor(nn.Module):
   """JEPA-WM AdaLN predictor: actions condition every block through AdaLN; 3D RoPE; frame-causal.
 
   Tokens are the H*W patches of every frame (frame-major); RoPE positions (t, row, col) restart
-  at 0 for the window given. See REFERENCE §3a for every detail reproduced here.
+  at 0 for the window given. See REFERENCE §3a for every detail reproduced here. Proprio
+  embeddings may be given per frame `(B, T, Pe)` (repeated over the patches, as the reference's
+  encoder output) or per patch `(B, T, H, W, Pe)` (fed-back predictions); the proprio output
+  follows `config.proprio_readout`. The blocks run as one `lax.scan` (`layers.scan_blocks`).
   """
   config: AdaLNConfig
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True):
-    """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
+    """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|(B,T,H,W,Pe)|None -> ((B,T,H,W,Dv), proprio|None)`,
+    proprio `(B,T,H,W,Pe)` ('per_patch' readout) or `(B,T,Pe)` ('first_patch')."""
     del deterministic  # no dropout in this model
     cfg = self.config
-    batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb)
+    batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb,
+                                                    per_patch_proprio=True)
     embed_dim = cfg.embed_dim or cfg.latent_dim
     x = layers.dense(embed_dim, self.dtype, 'predictor_embed')(latents)
     x = _concat_proprio(x, proprio_emb)
     x = x.reshape(batch, frames * height * width, cfg.width)
     cond = layers.dense(cfg.width, self.dtype, 'action_encoder')(actions)  # (B, T, C)
-    mask = layers.frame_causal_mask(frames, height * width)
-    positions = rope_lib.grid_positions(frames, height, width)
-    for i in range(cfg.depth):
-      x = layers.AdaLNBlock(
-          cfg.num_heads, int(cfg.width * cfg.mlp_ratio), cfg.qkv_bias, cfg.layernorm_eps,
-          cfg.rope_layout, 0.0 if cfg.zero_init else cfg.modulation_std, i + 1, self.dtype,
-          name=f'predictor_blocks_{i}')(x, cond, mask=mask, positions=positions)
+    block = layers.AdaLNBlock(
+        cfg.num_heads, int(cfg.width * cfg.mlp_ratio), cfg.qkv_bias, cfg.layernorm_eps,
+        cfg.rope_layout, 0.0 if cfg.zero_init else cfg.modulation_std, dtype=self.dtype,
+        parent=None)
+    x = layers.scan_blocks(self, block, cfg.depth, 'predictor_blocks_', x, cond,
+                           positions=rope_lib.grid_positions(frames, height, width),
+                           causal=True, remat=cfg.remat)
     x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'predictor_norm')(x)
     x = x.reshape(batch, frames, height, width, cfg.width)
     visual = layers.dense(cfg.latent_dim, self.dtype, 'predictor_proj')(x[..., :embed_dim])
-    proprio = x[:, :, 0, 0, embed_dim:] if cfg.proprio_emb_dim else None
+    proprio = None
+    if cfg.proprio_emb_dim:
+      proprio = x[..., embed_dim:]
+      if cfg.proprio_readout == 'first_patch':
+        proprio = proprio[:, :, 0, 0]
     return visual, proprio
 
 
@@ -188,7 +231,8 @@ class DinoWMPredictor(nn.Module):
   def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True):
     """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|None -> ((B,T,H,W,Dv), (B,T,Pe)|None)`."""
     cfg = self.config
-    batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb)
+    batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb,
+                                                    per_patch_proprio=True)
     if frames > cfg.max_frames:
       raise ValueError(f'DinoWMPredictor: {frames} frames > max_frames {cfg.max_frames} (the '
                        'learned position table); raise max_frames or shorten the context')
@@ -201,11 +245,11 @@ class DinoWMPredictor(nn.Module):
                      (1, cfg.max_frames * tokens, cfg.width), jnp.float32)
     x = x + pos[:, :frames * tokens].astype(self.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    mask = layers.frame_causal_mask(frames, tokens)
+    # Blocks stay a Python loop: each needs its own dropout rng stream.
     for i in range(cfg.depth):
       x = layers.Block(cfg.num_heads, cfg.mlp_dim, cfg.head_dim, qkv_bias=False,
                        layernorm_eps=cfg.layernorm_eps, dropout=cfg.dropout, dtype=self.dtype,
-                       name=f'blocks_{i}')(x, mask=mask, deterministic=deterministic)
+                       name=f'blocks_{i}')(x, causal_frames=frames, deterministic=deterministic)
     x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'norm')(x)
     x = x.reshape(batch, frames, height, width, cfg.width)
     visual = x[..., :cfg.latent_dim]
@@ -229,6 +273,10 @@ class VJEPA2ACConfig:
   grid_size: tuple[int, int] = (16, 16)
   max_frames: int = 4
   rope_layout: str = 'reference'
+  remat: str = 'none'  # see AdaLNConfig.remat
+
+  def __post_init__(self):
+    _check_remat(self.remat)
 
 
 class VJEPA2ACPredictor(nn.Module):
@@ -260,15 +308,14 @@ class VJEPA2ACPredictor(nn.Module):
     per_frame = num_cond + patches
     x = x.reshape(batch, frames * per_frame, cfg.embed_dim)
     grid = rope_lib.grid_positions(frames, height, width).reshape(frames, patches, 3)
-    cond_pos = grid[:, :1] * [1, 0, 0]  # (frame, 0, 0): temporal rotation only
-    positions = jnp.concatenate([jnp.repeat(cond_pos, num_cond, axis=1), grid], axis=1)
-    positions = positions.reshape(frames * per_frame, 3)
-    mask = layers.frame_causal_mask(frames, per_frame)
-    for i in range(cfg.depth):
-      x = layers.Block(cfg.num_heads, int(cfg.embed_dim * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias,
-                       layernorm_eps=cfg.layernorm_eps, rope_layout=cfg.rope_layout,
-                       layer_id=i + 1, dtype=self.dtype, name=f'predictor_blocks_{i}')(
-                           x, mask=mask, positions=positions)
+    cond_pos = grid[:, :1] * np.array([1, 0, 0], np.int32)  # (frame, 0, 0): temporal only
+    positions = np.concatenate([np.repeat(cond_pos, num_cond, axis=1), grid], axis=1)
+    positions = positions.reshape(frames * per_frame, 3)  # numpy: constant RoPE tables
+    block = layers.Block(cfg.num_heads, int(cfg.embed_dim * cfg.mlp_ratio),
+                         qkv_bias=cfg.qkv_bias, layernorm_eps=cfg.layernorm_eps,
+                         rope_layout=cfg.rope_layout, dtype=self.dtype, parent=None)
+    x = layers.scan_blocks(self, block, cfg.depth, 'predictor_blocks_', x, positions=positions,
+                           causal_frames=frames, remat=cfg.remat)
     x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'predictor_norm')(x)
     x = x.reshape(batch, frames, per_frame, cfg.embed_dim)
     visual = layers.dense(cfg.latent_dim, self.dtype, 'predictor_proj')(x[:, :, num_cond:])

@@ -47,35 +47,54 @@ def _check_layout(layout: str) -> None:
     raise ValueError(f'unknown RoPE layout {layout!r}; choose one of {ROPE_LAYOUTS}')
 
 
-def rotate_1d(x: jnp.ndarray, pos: jnp.ndarray, *, layout: str = 'reference',
-              theta: float = 10000.0) -> jnp.ndarray:
-  """Rotates the last axis of `x` (even width d) by scalar positions.
+def rope_tables(positions, head_dim: int, *, layout: str = 'reference',
+                theta: float = 10000.0):
+  """cos/sin tables of 3D RoPE over whole heads, so that `rope(x) = x * cos + pair_swap(x) * sin`.
 
   Args:
-    x: `(..., d)` queries or keys (any float dtype; the result keeps it).
-    pos: positions broadcastable to `x.shape[:-1]` (int or float).
-    layout: 'reference' (concatenated tables, the published quirk) or 'interleaved'.
-    theta: frequency base.
+    positions: `(..., N, 3)` integer (frame, row, column). A numpy array gives numpy float32
+      tables computed in float64 at trace time (jit constants: nothing is recomputed per call);
+      a jax array gives jax float32 tables.
+    head_dim: per-head width; dims beyond `3 * axis_dim(head_dim)` get cos = 1, sin = 0.
+    layout, theta: see the module docstring.
   Returns:
-    `(..., d)` rotated array.
+    `(cos, sin)`, each `(..., N, head_dim)`.
   """
   _check_layout(layout)
-  d = x.shape[-1]
-  if d % 2:
-    raise ValueError(f'RoPE slice width must be even, got {d}')
-  omega = jnp.asarray(frequencies(d, theta), jnp.float32)  # (d/2,)
-  if layout == 'reference':
-    omega = jnp.concatenate([omega, omega])  # element j uses omega[j mod d/2]
-  else:
-    omega = jnp.repeat(omega, 2)  # element j uses omega[j // 2]
-  angle = jnp.asarray(pos, jnp.float32)[..., None] * omega  # (..., d), float32 for accuracy
-  cos, sin = jnp.cos(angle).astype(x.dtype), jnp.sin(angle).astype(x.dtype)
-  pairs = x.reshape(x.shape[:-1] + (d // 2, 2))
-  rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-  return x * cos + rotated * sin
+  d = axis_dim(head_dim)
+  if d == 0:
+    raise ValueError(f'head_dim {head_dim} too small for 3D RoPE (needs head_dim >= 6)')
+  if positions.shape[-1] != 3 or positions.ndim not in (2, 3):
+    raise ValueError(f'RoPE positions must be (N, 3) or (B, N, 3), got {positions.shape}')
+  xp, dtype = (np, np.float64) if isinstance(positions, np.ndarray) else (jnp, jnp.float32)
+  omega = frequencies(d, theta)  # (d/2,)
+  # 'reference': element j uses omega[j mod d/2]; 'interleaved': omega[j // 2].
+  omega = np.concatenate([omega, omega]) if layout == 'reference' else np.repeat(omega, 2)
+  pos = positions.astype(dtype)
+  angle = xp.concatenate([pos[..., a:a + 1] * omega.astype(dtype) for a in range(3)], axis=-1)
+  pad = [(0, 0)] * (angle.ndim - 1) + [(0, head_dim - 3 * d)]
+  cos = xp.pad(xp.cos(angle), pad, constant_values=1.0)
+  sin = xp.pad(xp.sin(angle), pad, constant_values=0.0)
+  return cos.astype(xp.float32), sin.astype(xp.float32)
 
 
-def apply_rope3d(x: jnp.ndarray, positions: jnp.ndarray, *, layout: str = 'reference',
+def pair_swap(x: jnp.ndarray, rotated_dims: int) -> jnp.ndarray:
+  """`rot(x)` on the first `rotated_dims` (even) channels: `[2i] = -x[2i+1]`, `[2i+1] = x[2i]`;
+  the remaining channels are passed through (their sin is 0)."""
+  head, tail = x[..., :rotated_dims], x[..., rotated_dims:]
+  pairs = head.reshape(head.shape[:-1] + (rotated_dims // 2, 2))
+  swapped = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(head.shape)
+  return jnp.concatenate([swapped, tail], axis=-1)
+
+
+def apply_tables(x: jnp.ndarray, cos, sin) -> jnp.ndarray:
+  """`x * cos + pair_swap(x) * sin` for `x (..., head_dim)` and tables broadcastable to it."""
+  rotated = 3 * axis_dim(x.shape[-1])
+  cos, sin = jnp.asarray(cos, x.dtype), jnp.asarray(sin, x.dtype)
+  return x * cos + pair_swap(x, rotated) * sin
+
+
+def apply_rope3d(x: jnp.ndarray, positions, *, layout: str = 'reference',
                  theta: float = 10000.0) -> jnp.ndarray:
   """Applies 3D RoPE to per-head queries or keys.
 
@@ -87,17 +106,8 @@ def apply_rope3d(x: jnp.ndarray, positions: jnp.ndarray, *, layout: str = 'refer
   Returns:
     `(B, N, heads, head_dim)`; dims beyond `3 * axis_dim(head_dim)` unchanged.
   """
-  head_dim = x.shape[-1]
-  d = axis_dim(head_dim)
-  if d == 0:
-    raise ValueError(f'head_dim {head_dim} too small for 3D RoPE (needs head_dim >= 6)')
-  if positions.shape[-1] != 3 or positions.ndim not in (2, 3):
-    raise ValueError(f'RoPE positions must be (N, 3) or (B, N, 3), got {positions.shape}')
-  pos = positions[..., None, :]  # broadcast over heads: (.., N, 1, 3)
-  parts = [rotate_1d(x[..., a * d:(a + 1) * d], pos[..., a], layout=layout, theta=theta)
-           for a in range(3)]
-  parts.append(x[..., 3 * d:])
-  return jnp.concatenate(parts, axis=-1)
+  cos, sin = rope_tables(positions, x.shape[-1], layout=layout, theta=theta)
+  return apply_tables(x, cos[..., None, :], sin[..., None, :])  # broadcast over heads
 
 
 def grid_positions(num_frames: int, height: int, width: int) -> np.ndarray:

@@ -4,9 +4,11 @@ A plan is a sequence of normalised model actions `(H, A)`. Each iteration sample
 sequences from a diagonal Gaussian, forces sample 0 to be the current mean, optionally clips
 to a box, scores them with `cost_fn`, keeps the `K` cheapest (`lax.top_k`) and refits the
 Gaussian. The whole optimisation is one `lax.scan`, so `cem_plan` can be jitted, vmapped over
-episodes and sharded.
+episodes and sharded. Checked against the reference's `CEMPlanner`: sample 0 = mean before the
+clip, unbiased elite std, momentum 0, the final mean is the plan.
 
-The sampling loop is shared with MPPI (`mppi.py`), which only swaps the refit rule.
+The sampling loop is shared with MPPI (`mppi.py`), which swaps the refit rule and the way the
+plan is read out.
 """
 
 import dataclasses
@@ -88,8 +90,15 @@ def cem_refit(elites: jax.Array, elite_costs: jax.Array):
   return elites.mean(axis=0), elites.std(axis=0, ddof=1)
 
 
+def rank_costs(costs: jax.Array) -> jax.Array:
+  """Costs `(N,)` with every non-finite value (NaN, +-inf) replaced by +inf, so that a
+  diverged sample always ranks last (`top_k` would otherwise rank NaN first)."""
+  return jnp.where(jnp.isfinite(costs), costs, jnp.inf)
+
+
 def sampling_plan(cost_fn: CostFn, state, goal, action_dim: int, key: jax.Array, config,
-                  refit: Callable, init_mean: Optional[jax.Array] = None):
+                  refit: Callable, init_mean: Optional[jax.Array] = None,
+                  force_mean_sample: bool = True):
   """Shared loop of the sampling planners (CEM, MPPI).
 
   Args:
@@ -101,11 +110,18 @@ def sampling_plan(cost_fn: CostFn, state, goal, action_dim: int, key: jax.Array,
     refit: `(elites (K, H, A), elite_costs (K,)) -> (mean, std)` each `(H, A)`.
     init_mean: optional `(H, A)` initial mean (warm start); zeros otherwise. The initial
       std is always `var_scale`.
+    force_mean_sample: replace sample 0 by the current mean (CEM's "never lose the best
+      previous action" trick; the reference's MPPI does not).
+  Non-finite costs rank last (`rank_costs`). An iteration whose costs are all non-finite
+  carries no information: it leaves the mean and std unchanged and sets `all_nonfinite`.
   Returns:
     plan: `(H, A)` final mean (the caller executes its first `num_execute` steps).
     info: dict with `best_cost (I,)` cheapest sample per iteration, `elite_cost (I,)` mean
-      elite cost per iteration, `final_std (H, A)`, `best_actions (H, A)` (the cheapest sample
-      of the last iteration).
+      elite cost per iteration (both +inf for non-finite costs), `final_std (H, A)`,
+      `best_actions (H, A)` (the cheapest sample of the last iteration), `final_elites
+      (K, H, A)` and `final_elite_costs (K,)` of the last iteration, and `all_nonfinite`
+      bool (): some iteration had no finite cost, so the plan is not to be trusted (an MPC
+      loop marks the episode failed).
   """
   shape = (config.horizon, action_dim)
   if init_mean is None:
@@ -115,25 +131,32 @@ def sampling_plan(cost_fn: CostFn, state, goal, action_dim: int, key: jax.Array,
       raise ValueError(f'init_mean has shape {init_mean.shape}, expected (horizon, action_dim)={shape}')
     mean = jnp.asarray(init_mean, jnp.float32)
   std = jnp.full(shape, config.var_scale, jnp.float32)
+  elites0 = jnp.zeros((config.num_elites,) + shape, jnp.float32)
+  elite_costs0 = jnp.full((config.num_elites,), jnp.inf, jnp.float32)
 
   def iteration(carry, i):
-    mean, std, _ = carry
+    mean, std, _, _ = carry
     noise = iteration_noise(key, i, (config.num_samples,) + shape)
     samples = mean + std * noise
-    samples = samples.at[0].set(mean)  # the current mean is always a candidate
+    if force_mean_sample:
+      samples = samples.at[0].set(mean)
     samples = clip_actions(samples, config.action_low, config.action_high)
-    costs = cost_fn(state, goal, samples)
+    costs = rank_costs(cost_fn(state, goal, samples))
     neg_elite_costs, elite_idx = jax.lax.top_k(-costs, config.num_elites)
-    elites = samples[elite_idx]
-    new_mean, new_std = refit(elites, -neg_elite_costs)
-    mean = config.momentum * mean + (1.0 - config.momentum) * new_mean
-    std = config.momentum * std + (1.0 - config.momentum) * new_std
-    std = jnp.maximum(std, config.min_std)
-    return (mean, std, elites[0]), (-neg_elite_costs[0], -neg_elite_costs.mean())
+    elites, elite_costs = samples[elite_idx], -neg_elite_costs
+    new_mean, new_std = refit(elites, elite_costs)
+    new_mean = config.momentum * mean + (1.0 - config.momentum) * new_mean
+    new_std = config.momentum * std + (1.0 - config.momentum) * new_std
+    new_std = jnp.maximum(new_std, config.min_std)
+    all_nonfinite = jnp.isinf(elite_costs[0])  # the cheapest is +inf: every cost was non-finite
+    mean = jnp.where(all_nonfinite, mean, new_mean)
+    std = jnp.where(all_nonfinite, std, new_std)
+    return (mean, std, elites, elite_costs), (elite_costs[0], elite_costs.mean(), all_nonfinite)
 
-  (mean, std, best), (best_cost, elite_cost) = jax.lax.scan(
-      iteration, (mean, std, mean), jnp.arange(config.num_iters))
-  info = dict(best_cost=best_cost, elite_cost=elite_cost, final_std=std, best_actions=best)
+  (mean, std, elites, elite_costs), (best_cost, elite_cost, nonfinite) = jax.lax.scan(
+      iteration, (mean, std, elites0, elite_costs0), jnp.arange(config.num_iters))
+  info = dict(best_cost=best_cost, elite_cost=elite_cost, final_std=std, best_actions=elites[0],
+              final_elites=elites, final_elite_costs=elite_costs, all_nonfinite=nonfinite.any())
   return mean, info
 
 

@@ -3,7 +3,9 @@
 Reference objective: L2 = mean over all latent elements of `(goal - pred_H)^2` on the final
 predicted latent only (L1 uses `|.|`); with proprioception,
 `cost = visual + alpha * proprio` on embeddings with alpha = 0.1. The all-steps variant
-averages the per-step cost over the H predicted steps.
+averages the per-step cost over the H predicted steps. Per-patch proprio predictions (the
+AdaLN reference) are scored against the goal embedding repeated over the patches, i.e. the
+per-patch distances are averaged.
 """
 
 import dataclasses
@@ -55,11 +57,14 @@ def latent_cost(pred_latents: jax.Array, goal_latent: jax.Array, pred_proprio=No
                 goal_proprio=None, config: ObjectiveConfig = ObjectiveConfig()) -> jax.Array:
   """`(N,)` cost = visual distance + alpha * proprio distance (when proprio is given and
   `config.proprio_weight` > 0). Shapes: pred_latents `(N, H, h, w, D)`, goal_latent
-  `(h, w, D)`, pred_proprio `(N, H, Pe)`, goal_proprio `(Pe,)`."""
+  `(h, w, D)`, pred_proprio `(N, H, Pe)` or per patch `(N, H, h, w, Pe)`, goal_proprio `(Pe,)`
+  (repeated over the patches for per-patch predictions) or `(h, w, Pe)`."""
   cost = sequence_distance(pred_latents, goal_latent, config.distance, config.final_step_only)
   if pred_proprio is not None and config.proprio_weight > 0:
     if goal_proprio is None:
       raise ValueError('pred_proprio was given without goal_proprio')
+    if pred_proprio.ndim == 5 and goal_proprio.ndim == 1:  # per-patch predictions
+      goal_proprio = jnp.broadcast_to(goal_proprio, pred_proprio.shape[2:])
     cost = cost + config.proprio_weight * sequence_distance(
         pred_proprio, goal_proprio, config.distance, config.final_step_only)
   return cost

@@ -1,62 +1,86 @@
-"""Stage 3 entry point: load the exported world model (or the oracle), run the Wall protocol,
-write `results.json`, a plot and episode GIFs into the workdir."""
+"""Stage 3 entry point: load the exported world model (or the oracle), run the evaluation
+protocol of `config.planning` and every extra row of `config.planning_extra` on the same
+episodes, write `results.json`, a plot and episode GIFs into the workdir."""
 
-import json
 import os
 from typing import Optional
 
-from jepa_jax import sharding
+from jepa_jax import envs, outputs, provenance, sharding
+from jepa_jax.planning import agent as agent_lib
 from jepa_jax.planning import evaluate, oracle, visualize
+from jepa_jax.planning.config import as_planning_config
 
 
-def default_world_model_path(workdir: str) -> str:
-  """`<workdir>/../world_model/model`: where stage 2 of the main job exports its model."""
-  return os.path.join(os.path.dirname(os.path.abspath(workdir)), 'world_model', 'model')
+def planning_rows(config) -> dict:
+  """`{row name: PlanningConfig}`: 'main' is `config.planning`; each entry of
+  `config.planning_extra` overrides some of its keys (validated here, before any work)."""
+  rows = {'main': as_planning_config(config.planning)}
+  extra = config.get('planning_extra', {})
+  for name, overrides in (extra.to_dict() if hasattr(extra, 'to_dict') else extra).items():
+    rows[name] = as_planning_config(config.planning, **overrides)
+  return rows
+
+
+def load_model(config, world_model_path: Optional[str]):
+  """`(model, params)` of the exported world model at `world_model_path`, checked against
+  the config."""
+  from jepa_jax.world_model import model as world_model_lib  # only the learned agent needs it
+  if not world_model_path or not os.path.isdir(world_model_path):
+    raise ValueError(f'no exported world model at {world_model_path}; train stage 2 first, pass '
+                     '--world_model=PATH, or use --oracle')
+  model, params = world_model_lib.load_world_model(world_model_path)
+  if model.frameskip != config.data.frameskip:
+    raise ValueError(f'world model frameskip {model.frameskip} != config.data.frameskip '
+                     f'{config.data.frameskip}')
+  return model, params
+
+
+def make_agent(config, env, planning, model_and_params):
+  """The learned agent of a loaded world model, or the oracle when it is None."""
+  if model_and_params is None:
+    return oracle.oracle_agent(env, config.data.frameskip, planning.oracle_action_scale)
+  model, params = model_and_params
+  return agent_lib.world_model_agent(model, params, planning.objective(), env,
+                                     image_size=config.data.image_size,
+                                     chunk_size=planning.cost_chunk_size)
 
 
 def run_planning(workdir: str, config, world_model_path: Optional[str] = None, *,
                  use_oracle: bool = False) -> dict:
-  """Evaluates CEM (or the configured planner) MPC on Wall and writes the results.
+  """Evaluates the configured planner on `config.env` and writes the results.
 
   Args:
     workdir: output directory (created): results.json, results.png, gifs/episode_<i>.gif.
-    config: the full experiment ConfigDict (`planning`, `data.frameskip`, `data.image_size`,
-      `seed`, optional `mesh` axis sizes over which episodes are sharded).
-    world_model_path: exported stage-2 model (default `default_world_model_path(workdir)`);
-      ignored with `use_oracle`.
-    use_oracle: plan with the true Wall dynamics instead of a learned model.
+    config: the full experiment ConfigDict (`env`, `planning`, `planning_extra`,
+      `data.frameskip`, `data.image_size`, `seed`, `mesh`).
+    world_model_path: exported stage-2 model; ignored with `use_oracle`.
+    use_oracle: plan with the true dynamics instead of a learned model.
   Returns:
-    the results dict written to results.json (see `evaluate.evaluate_wall`) plus 'agent',
-    'world_model_path', 'plot' and 'gifs'.
+    the results dict written to results.json: the main row's results (see
+    `evaluate.evaluate`), 'rows' {name: results} for every extra row, 'agent',
+    'world_model_path', 'plot', 'gifs', 'provenance'.
   """
-  planning = evaluate.PlanningConfig(**config.planning.to_dict())
-  if use_oracle:
-    agent = oracle.oracle_agent(frameskip=config.data.frameskip,
-                                action_scale=planning.oracle_action_scale)
-    world_model_path = None
-  else:
-    from jepa_jax.world_model import model as world_model_lib  # only the learned agent needs it
-    world_model_path = world_model_path or default_world_model_path(workdir)
-    if not os.path.isdir(world_model_path):
-      raise ValueError(f'no exported world model at {world_model_path}; train stage 2 first, pass '
-                       '--world_model=PATH, or use --oracle')
-    model, params = world_model_lib.load_world_model(world_model_path)
-    if model.frameskip != config.data.frameskip:
-      raise ValueError(f'world model frameskip {model.frameskip} != config.data.frameskip '
-                       f'{config.data.frameskip}')
-    agent = evaluate.world_model_agent(model, params, planning.objective(),
-                                       image_size=config.data.image_size)
+  env = envs.get(config.env)
+  rows = planning_rows(config)
   mesh = sharding.make_mesh(config.mesh.to_dict()) if 'mesh' in config else None
-  results = evaluate.evaluate_wall(agent, planning, planning.num_episodes, config.seed,
-                                   mesh=mesh, return_episodes=True)
-  data = results.pop('episode_data')
   os.makedirs(workdir, exist_ok=True)
-  results.update(
-      agent='oracle' if use_oracle else 'world_model',
-      world_model_path=world_model_path,
-      plot=visualize.plot_results(os.path.join(workdir, 'results.png'), data),
-      gifs=visualize.save_episode_gifs(os.path.join(workdir, 'gifs'), data, planning.num_gifs,
-                                       agent.frameskip, planning.num_execute))
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
+  model_and_params = None if use_oracle else load_model(config, world_model_path)
+  results, extra = None, {}
+  for name, planning in rows.items():
+    agent = make_agent(config, env, planning, model_and_params)
+    row = evaluate.evaluate(env, agent, planning, config.seed, mesh=mesh,
+                            measure_latency=name == 'main', return_episodes=name == 'main')
+    if name != 'main':
+      extra[name] = row
+      continue
+    results, data = row, row.pop('episode_data')
+    results.update(
+        plot=visualize.plot_results(os.path.join(workdir, 'results.png'), env, data),
+        gifs=visualize.save_episode_gifs(os.path.join(workdir, 'gifs'), env, data,
+                                         planning.num_gifs, agent.frameskip,
+                                         planning.num_execute))
+  results.update(rows=extra, agent='oracle' if use_oracle else 'world_model',
+                 world_model_path=None if use_oracle else world_model_path,
+                 provenance=provenance.describe_run())
+  outputs.write_json(os.path.join(workdir, 'results.json'), results)
   return results

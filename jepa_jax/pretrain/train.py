@@ -17,14 +17,18 @@ multi-block masks made in the data pipeline (`masks.MultiBlockMaskTransform`):
 The step is one `jax.jit` over a `Mesh` (axes and partition rules from the config), with the
 train state donated. `train(config, workdir, data_dir)` runs the whole stage: data, resumable
 Orbax checkpoints (params, EMA target, optimiser state, step, grain iterator), TensorBoard
-metrics, export of the EMA target encoder to `<workdir>/encoder`, and the linear probe.
+metrics, export of the EMA target encoder to `<workdir>/encoder`, the linear probe, and the
+latent geometry of the trained and the random-init encoder (`geometry.py`, also in TensorBoard
+every `geometry_every` steps) with the cost-landscape picture `cost_landscape.png`.
+
+`objective='vjepa_sigreg'` adds `sigreg_weight * SIGReg` of the context encoder's output tokens
+(every context token of every mask group one sample; REFERENCE §9) to the V-JEPA loss.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -36,17 +40,24 @@ import numpy as np
 import optax
 
 from jepa_jax import checkpoint as checkpoint_lib
+from jepa_jax import envs
+from jepa_jax import outputs
 from jepa_jax import sharding as sharding_lib
 from jepa_jax import training
 from jepa_jax.data import pipeline
-from jepa_jax.data import wall_tfds
+from jepa_jax.data import trajectories as trajectories_lib
 from jepa_jax.models import masked_predictor as masked_predictor_lib
 from jepa_jax.models import vit
+from jepa_jax.pretrain import geometry
 from jepa_jax.pretrain import losses
 from jepa_jax.pretrain import masks as masks_lib
 from jepa_jax.pretrain import probe as probe_lib
+from jepa_jax.pretrain import sigreg as sigreg_lib
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# 'vjepa': REFERENCE §1; 'vjepa_sigreg': plus sigreg_weight * SIGReg of the context encoder's
+# output tokens (REFERENCE §9). The end-to-end 'lewm' objective lives in jepa_jax.lewm.
+OBJECTIVES = ('vjepa', 'vjepa_sigreg')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +71,10 @@ class PretrainConfig:
   `masks.MaskGroupSpec` fields; fixed counts from the `mask_count_quantile` quantile.
   Predictor: `predictor` dict of `MaskedPredictorConfig` fields (width, depth, num_heads, ...).
   Dense loss (V-JEPA 2.1): `dense_loss`, targets from encoder blocks `dense_target_layers`,
-  context-token term weighted by `dense_context_weight`. Probe: frames of the first
+  context-token term weighted by `dense_context_weight`. Objective: `objective` in OBJECTIVES,
+  SIGReg strength `sigreg_weight` on `sigreg_directions` random directions. Geometry
+  (`geometry.py`, trained and random-init encoder, TensorBoard `eval/`): every `geometry_every`
+  steps (0 = only at the end) on `geometry_frames` rendered frames. Probe: frames of the first
   `probe_train_trajectories` train and `probe_val_trajectories` validation trajectories.
   """
   batch_size: int
@@ -83,6 +97,11 @@ class PretrainConfig:
   dense_loss: bool = False
   dense_target_layers: Sequence[int] = (-1,)
   dense_context_weight: float = 0.5
+  objective: str = 'vjepa'
+  sigreg_weight: float = 0.1
+  sigreg_directions: int = 256
+  geometry_every: int = 0
+  geometry_frames: int = 2000
   pixel_mean: Sequence[float] = vit.IMAGENET_MEAN
   pixel_std: Sequence[float] = vit.IMAGENET_STD
   dtype: str = 'float32'
@@ -94,8 +113,16 @@ class PretrainConfig:
   probe_batch_size: int = 256
 
   def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      hint = (" ('lewm' trains encoder and world model together: jepa_jax.lewm.train.train)"
+              if self.objective == 'lewm' else '')
+      raise ValueError(f'pretrain.objective={self.objective!r} is not a stage-1 objective; '
+                       f'choose one of {OBJECTIVES}{hint}')
+    if self.sigreg_weight < 0 or self.geometry_every < 0:
+      raise ValueError('pretrain.sigreg_weight and pretrain.geometry_every must be >= 0')
     for name in ('batch_size', 'num_steps', 'num_frames', 'frameskip', 'log_every',
-                 'checkpoint_every', 'probe_train_trajectories', 'probe_val_trajectories'):
+                 'checkpoint_every', 'probe_train_trajectories', 'probe_val_trajectories',
+                 'sigreg_directions', 'geometry_frames'):
       if int(getattr(self, name)) < 1:
         raise ValueError(f'pretrain.{name} must be >= 1, got {getattr(self, name)}')
     if self.dtype not in DTYPES:
@@ -253,7 +280,8 @@ def target_features(models: Models, cfg: PretrainConfig, target_params: Any,
 
 
 def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Sequence[dict],
-              models: Models, cfg: PretrainConfig) -> tuple[jax.Array, dict]:
+              models: Models, cfg: PretrainConfig, key: jax.Array | None = None
+              ) -> tuple[jax.Array, dict]:
   """V-JEPA loss of one batch (see module docstring).
 
   Args:
@@ -261,6 +289,7 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
     target_params: EMA target encoder parameters.
     video: `(B, T, I, I, 3)` normalised clips.
     group_masks: per group `{'context_idx': (B, Kc_g), 'target_idx': (B, Kt_g)}` int32.
+    key: draws SIGReg's directions ('vjepa_sigreg' only).
 
   Returns:
     `(loss, aux)` with aux scalars: per-group losses and the collapse monitor
@@ -270,10 +299,11 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
     features that are the same for every clip count as collapsed).
   """
   targets, raw = target_features(models, cfg, target_params, video)
-  predictions, context_terms, aux = [], [], {}
+  predictions, context_terms, contexts, aux = [], [], [], {}
   for g, group in enumerate(group_masks):
     context = models.encoder.apply({'params': params['encoder']}, video,
                                    token_indices=group['context_idx'])
+    contexts.append(context.reshape(-1, context.shape[-1]))
     out = models.predictor.apply({'params': params['predictor']}, context,
                                  group['context_idx'], group['target_idx'], models.grid,
                                  mask_index=g, return_context=cfg.dense_loss)
@@ -290,18 +320,27 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
     aux['loss_masked'] = loss
     aux['loss_context'] = jnp.mean(jnp.stack(context_terms))
     loss = loss + cfg.dense_context_weight * aux['loss_context']
+  if cfg.objective == 'vjepa_sigreg':
+    # Every context token of every group is one sample (over the global batch when sharded).
+    aux['loss_jepa'] = loss
+    aux['sigreg'] = sigreg_lib.sigreg(key, jnp.concatenate(contexts)[None],
+                                      cfg.sigreg_directions)
+    loss = loss + cfg.sigreg_weight * aux['sigreg']
   aux['target_feature_std'] = raw.astype(jnp.float32).std(axis=0).mean()
   return loss, aux
 
 
 def make_train_step(models: Models, cfg: PretrainConfig, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> Callable[[dict, dict], tuple[dict, dict]]:
-  """Pure `(state, batch) -> (state, metrics)`; batch has 'observations' and 'masks'."""
+                    schedule: optax.Schedule, seed: int = 0
+                    ) -> Callable[[dict, dict], tuple[dict, dict]]:
+  """Pure `(state, batch) -> (state, metrics)`; batch has 'observations' and 'masks'. The
+  step's randomness (SIGReg directions) is `fold_in(PRNGKey(seed), step)`: exact on resume."""
   def train_step(state, batch):
     video = preprocess_clips(batch['observations'], models.vit_config, cfg)
     grad_fn = jax.value_and_grad(jepa_loss, has_aux=True)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), state['step'])
     (loss, aux), grads = grad_fn(state['params'], state['target_encoder'], video,
-                                 batch['masks'], models, cfg)
+                                 batch['masks'], models, cfg, key)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     momentum = ema_momentum(cfg, state['step'])
@@ -338,7 +377,7 @@ def sharded_setup(config: Any, mesh: jax.sharding.Mesh
   abstract = jax.eval_shape(init_fn, key)
   state_shardings = sharding_lib.param_shardings(abstract, mesh, rules)
   state = jax.jit(init_fn, out_shardings=state_shardings)(key)
-  step_fn = jax.jit(make_train_step(models, cfg, optimizer, schedule),
+  step_fn = jax.jit(make_train_step(models, cfg, optimizer, schedule, int(config.seed)),
                     in_shardings=(state_shardings, sharding_lib.data_sharding(mesh)),
                     out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                     donate_argnums=0)
@@ -375,9 +414,9 @@ def run_probe(encode: Callable[[np.ndarray], jax.Array], dataset_path: str,
   data = {}
   for split, count in (('train', cfg.probe_train_trajectories),
                        ('validation', cfg.probe_val_trajectories)):
-    trajectories = wall_tfds.load_trajectories(dataset_path, split, max_count=count)
-    frames = trajectories['observations'].reshape((-1,) + trajectories['observations'].shape[2:])
-    positions = trajectories['proprio'].reshape(-1, 2)
+    stored = trajectories_lib.load_trajectories(dataset_path, split, max_count=count)
+    frames = stored['observations'].reshape((-1,) + stored['observations'].shape[2:])
+    positions = stored['states'].reshape(-1, stored['states'].shape[-1])[:, :2]
     data[split] = (probe_lib.frame_features(encode, frames, cfg.probe_batch_size), positions)
   (train_feats, train_pos), (val_feats, val_pos) = data['train'], data['validation']
   results = {kind: probe_lib.fit_position_probe(train_feats[kind], train_pos, val_feats[kind],
@@ -390,13 +429,32 @@ def run_probe(encode: Callable[[np.ndarray], jax.Array], dataset_path: str,
 
 def locate_dataset(config: Any, data_dir: str) -> str:
   """Folder of the Wall dataset for `config.data` under `data_dir`, with a clear error."""
-  path = wall_tfds.dataset_dir(data_dir, config.data, int(config.seed))
-  if not wall_tfds.is_complete(path):
+  path = trajectories_lib.dataset_dir(data_dir, config.env, config.data, int(config.seed))
+  if not trajectories_lib.is_complete(path):
     raise FileNotFoundError(
         f'no complete Wall dataset at {path} (data_dir={data_dir}); generate it with '
         f'`python -m experiments.generate_data --config=experiments/configs/wall.py:'
         f'{config.get("variant", "tiny")} --data_dir={data_dir}` or pass the right --data_dir')
   return path
+
+
+def export_encoder(path: str, models: Models, cfg: PretrainConfig, params: Any) -> None:
+  """Writes the frozen-encoder export stage 2 reads (kind 'vit' + its pixel normalisation)."""
+  checkpoint_lib.save_model(
+      path, kind='vit', config=dataclasses.asdict(models.vit_config), params=params,
+      extra={'pixel_mean': np.asarray(cfg.pixel_mean, np.float32),
+             'pixel_std': np.asarray(cfg.pixel_std, np.float32)})
+
+
+def export_random_encoder(config: Any, path: str) -> None:
+  """Exports the random initialisation of stage 1's encoder (the init `train` starts from for
+  `config.seed`): the same-architecture baseline of the ablation."""
+  models = build_models(config)
+  cfg = as_pretrain_config(config.pretrain)
+  optimizer, _ = make_optimizer(cfg)
+  state = jax.jit(functools.partial(init_state, models=models, optimizer=optimizer))(
+      jax.random.key(int(config.seed)))
+  export_encoder(path, models, cfg, jax.device_get(state['target_encoder']))
 
 
 def train(config: Any, workdir: str, data_dir: str) -> dict:
@@ -406,9 +464,12 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   `checkpoint.save_model(kind='vit', extra={'pixel_mean', 'pixel_std'})`) and `summary.json`.
 
   Returns:
-    The summary dict: `probe_error_px` (flattened patch tokens of the trained encoder, grid
-    pixels, validation frames), `probe_error_px_random_encoder` (same probe on the initial
-    encoder), the mean-pooled variants, final metrics, steps/s and timings.
+    The summary dict: `objective`; `probe_error_px` (flattened patch tokens of the trained
+    encoder, grid pixels, validation frames), `probe_error_px_random_encoder` (same probe on
+    the initial encoder), the mean-pooled variants; `geometry_<measure>` and
+    `geometry_<measure>_random_encoder` (pretrain/geometry.py on rendered frames: pooled probe,
+    latent-distance Spearman, effective rank, cost-landscape Spearman, latent variance); final
+    metrics, steps/s and timings. Also writes `cost_landscape.png`.
   """
   start_time = time.time()
   workdir = os.path.abspath(workdir)
@@ -441,11 +502,31 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
     del metrics
     log_times.append((time.perf_counter(), step))
 
+  env = envs.get(config.env)
+  encode = make_frame_encoder(models, cfg, mesh)
+  geometry_options = dict(image_size=int(config.data.image_size),
+                          num_fit=cfg.geometry_frames, num_eval=cfg.geometry_frames // 2,
+                          seed=int(config.seed))
+  random_geometry = {}
+
+  def geometry_eval(state, step):
+    """TensorBoard `eval/` scalars: geometry of the EMA target and of the random init."""
+    del step
+    if not random_geometry:  # the random-init encoder does not change: measured once
+      random_geometry.update(geometry.measure_encoder(
+          functools.partial(encode, random_params), env, **geometry_options))
+    trained = geometry.measure_encoder(functools.partial(encode, state['target_encoder']), env,
+                                       **geometry_options)
+    return {**{k: v for k, v in trained.items() if np.ndim(v) == 0},
+            **{f'{k}_random_encoder': v for k, v in random_geometry.items() if np.ndim(v) == 0}}
+
   train_start = time.perf_counter()
   state, metrics = training.run_train_loop(
       train_step=step_fn, state=state, data_iter=data_iter, checkpointer=checkpointer,
       num_steps=cfg.num_steps, log_every=cfg.log_every, workdir=workdir,
-      shard_fn=lambda batch: sharding_lib.shard_batch(model_batch(batch), mesh), on_log=on_log)
+      shard_fn=lambda batch: sharding_lib.shard_batch(model_batch(batch), mesh), on_log=on_log,
+      eval_fn=geometry_eval if cfg.geometry_every else None,
+      eval_every=cfg.geometry_every or None, stage_name='pretrain')
   train_seconds = time.perf_counter() - train_start
   checkpointer.close()
   # Steps/s after the first progress line (which includes compilation).
@@ -455,17 +536,24 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
     steps_per_sec = (s1 - s0) / max(t1 - t0, 1e-9)
 
   target_params = state['target_encoder']
-  vit_dict = dataclasses.asdict(models.vit_config)
-  checkpoint_lib.save_model(
-      os.path.join(workdir, 'encoder'), kind='vit', config=vit_dict, params=target_params,
-      extra={'pixel_mean': np.asarray(cfg.pixel_mean, np.float32),
-             'pixel_std': np.asarray(cfg.pixel_std, np.float32)})
+  training.check_finite_params(target_params, f'the stage-1 encoder at step {cfg.num_steps}')
+  export_encoder(os.path.join(workdir, 'encoder'), models, cfg, target_params)
 
   probe_start = time.perf_counter()
-  encode = make_frame_encoder(models, cfg, mesh)
+  measured = geometry.compare_encoders(
+      {'trained': functools.partial(encode, target_params),
+       'random_encoder': functools.partial(encode, random_params)}, env,
+      landscape_path=(os.path.join(workdir, 'cost_landscape.png')
+                      if jax.process_index() == 0 else None), **geometry_options)
+  writer = training.MetricsWriter(workdir)
+  writer.write_scalars(cfg.num_steps, {f'eval/{k}': v for k, v in measured.items()})
+  writer.close()
   trained = run_probe(functools.partial(encode, target_params), dataset_path, cfg)
   random = run_probe(functools.partial(encode, random_params), dataset_path, cfg)
   summary = {
+      'objective': cfg.objective,
+      # Geometry on rendered frames (geometry.py): 'geometry_<measure>[_random_encoder]'.
+      **{f'geometry_{k}': v for k, v in measured.items()},
       'probe_error_px': trained['patch']['error_px'],
       'probe_error_px_random_encoder': random['patch']['error_px'],
       'probe_error_px_mean_pool': trained['mean']['error_px'],
@@ -485,9 +573,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
       'encoder_path': os.path.join(workdir, 'encoder'),
       'dataset_path': dataset_path,
   }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+  outputs.write_json(os.path.join(workdir, 'summary.json'), summary)
   logging.info('stage 1 done: probe error %.2f px (random encoder %.2f px)',
                summary['probe_error_px'], summary['probe_error_px_random_encoder'])
   return summary

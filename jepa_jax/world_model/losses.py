@@ -3,6 +3,9 @@
 Everything here is written against a `predict_fn(z, actions, pe, rng) -> (z_next, pe_next)` with
   z (B, T, h, w, D) visual latents, actions (B, T, A) normalised model actions,
   pe (B, T, Pe) proprio embeddings or None, rng a PRNG key for dropout (may be ignored),
+  pe_next (B, T, Pe) or, for a per-patch predictor (the AdaLN reference), (B, T, h, w, Pe):
+  then every patch's prediction is supervised by the frame's embedding (the global mean over
+  patches, as the reference's loss on the repeated target) and fed back per patch,
 that is frame-causal (output t sees frames <= t) and whose positions restart at 0 in every call
 (so the same function serves any window). Output t is the prediction of frame t + 1.
 Because of causality, feeding frames 0..T-2 gives exactly the outputs 0..T-2 of a pass over all
@@ -13,6 +16,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+from jepa_jax.world_model.model import broadcast_proprio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +74,8 @@ def teacher_forcing_loss(predict_fn, z, actions, pe, config: LossConfig, rng=Non
 
   Args: z (B, T, h, w, D), actions (B, T, A), pe (B, T, Pe) or None; T >= 2.
   Returns: (visual loss, proprio loss (0 without proprio), (pred_z, pred_pe)) where the
-    predictions cover frames 1..T-1: (B, T-1, ...). Targets are stop-gradient.
+    predictions cover frames 1..T-1: (B, T-1, ...) (pred_pe per patch for a per-patch
+    predictor). Targets are stop-gradient.
   """
   if z.shape[1] < 2:
     raise ValueError(f'teacher forcing needs clips of >= 2 frames, got {z.shape[1]}')
@@ -78,7 +84,8 @@ def teacher_forcing_loss(predict_fn, z, actions, pe, config: LossConfig, rng=Non
   visual = latent_distance(pred_z, jax.lax.stop_gradient(z[:, 1:]), config)
   proprio = jnp.zeros((), jnp.float32)
   if pe is not None:
-    proprio = latent_distance(pred_pe, jax.lax.stop_gradient(pe[:, 1:]), config)
+    target = broadcast_proprio(pe[:, 1:], pred_pe)
+    proprio = latent_distance(pred_pe, jax.lax.stop_gradient(target), config)
   return visual, proprio, (pred_z, pred_pe)
 
 
@@ -117,8 +124,9 @@ def rollout_loss(predict_fn, z, actions, pe, pred_z, pred_pe, t, config: LossCon
   out_index = t + 1 - start
 
   def context(true, predicted):
-    # Frames 0..T-2 with frame t + 1 replaced by the model's own prediction of it.
-    true = true[:, :num_frames - 1]
+    # Frames 0..T-2 with frame t + 1 replaced by the model's own prediction of it (true
+    # per-frame proprio repeated over the patches when the prediction is per patch).
+    true = broadcast_proprio(true[:, :num_frames - 1], predicted)
     new = _take_frame(predicted, t)[:, None].astype(true.dtype)
     return sg(jax.lax.dynamic_update_slice_in_dim(true, new, t + 1, axis=1))
 
@@ -130,8 +138,8 @@ def rollout_loss(predict_fn, z, actions, pe, pred_z, pred_pe, t, config: LossCon
   visual = latent_distance(_take_frame(roll_z, out_index), sg(_take_frame(z, t + 2)), config)
   proprio = jnp.zeros((), jnp.float32)
   if pe is not None:
-    proprio = latent_distance(_take_frame(roll_pe, out_index), sg(_take_frame(pe, t + 2)),
-                              config)
+    target = broadcast_proprio(_take_frame(pe, t + 2)[:, None], roll_pe[:, :1])[:, 0]
+    proprio = latent_distance(_take_frame(roll_pe, out_index), sg(target), config)
   return visual, proprio
 
 

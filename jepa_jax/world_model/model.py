@@ -6,6 +6,12 @@ no 'proprio_encoder'). Every method is a pure function of (params, arrays), so i
 vmapped and sharded by the caller. Shapes: B batch, T frames, S stored frame size, (h, w) patch
 grid, D latent channels, A = frameskip * 2 model-action channels, P proprio dims, Pe proprio
 embedding channels.
+
+Proprio state: `encode_proprio` / `embed_proprio` give one embedding per frame `(B, T, Pe)`.
+The AdaLN predictor (per-patch readout, the reference) predicts one per patch, so its
+predicted proprio is `(B, T, h, w, Pe)`: `unroll` broadcasts the per-frame start embedding over
+the patches and feeds the per-patch predictions back; `broadcast_proprio` turns per-frame
+targets into the shape of per-patch predictions for losses and metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +34,14 @@ ENCODER_KIND = 'vit'
 STAT_KEYS = ('action_mean', 'action_std', 'proprio_mean', 'proprio_std')
 
 
+def broadcast_proprio(pe, like):
+  """Per-frame proprio embeddings `(B, T, Pe)` repeated over the patches of per-patch ones
+  `like (B, T, h, w, Pe)` (returned as they are when the shapes already agree)."""
+  if pe.ndim == like.ndim:
+    return pe
+  return jnp.broadcast_to(pe[:, :, None, None], pe.shape[:2] + like.shape[2:])
+
+
 def sliding_window_unroll(predict_fn, z0, pe0, actions):
   """Open-loop unroll with the reference's sliding context window of 2 frames (REFERENCE §5).
 
@@ -35,13 +49,17 @@ def sliding_window_unroll(predict_fn, z0, pe0, actions):
   (true or predicted) with actions (a_{h-1}, a_h) and keeps only the newest output.
 
   Args:
-    predict_fn: frame-causal `(z (B,T,h,w,D), a (B,T,A), pe (B,T,Pe)|None) -> (z', pe')`.
+    predict_fn: frame-causal `(z (B,T,h,w,D), a (B,T,A), pe|None) -> (z', pe')` with pe
+      `(B,T,Pe)` or per patch `(B,T,h,w,Pe)`.
     z0: (B, h, w, D) latent of the current frame.
-    pe0: (B, Pe) proprio embedding of the current frame, or None.
+    pe0: (B, Pe) or per patch (B, h, w, Pe) proprio embedding of the current frame, or None.
+      When the predictor predicts per patch, a per-frame pe0 is repeated over the patches
+      (what the reference feeds) before it enters the window.
     actions: (B, H, A) normalised model actions, H >= 1.
 
   Returns:
-    (z (B, H, h, w, D), pe (B, H, Pe) or None): predictions of frames 1..H.
+    (z (B, H, h, w, D), pe (B, H, Pe) | (B, H, h, w, Pe) | None): predictions of frames 1..H;
+    pe is per patch when the predictor's proprio output is.
   """
   horizon = actions.shape[1]
   if horizon < 1:
@@ -49,7 +67,10 @@ def sliding_window_unroll(predict_fn, z0, pe0, actions):
   with_pe = pe0 is not None
   z1, pe1 = predict_fn(z0[:, None], actions[:, :1], pe0[:, None] if with_pe else None)
   z1 = z1[:, 0].astype(z0.dtype)
-  pe1 = pe1[:, 0].astype(pe0.dtype) if with_pe else None
+  if with_pe:
+    pe1 = pe1.astype(pe0.dtype)
+    pe0 = broadcast_proprio(pe0[:, None], pe1)[:, 0]
+    pe1 = pe1[:, 0]
   if horizon == 1:
     return z1[:, None], (pe1[:, None] if with_pe else None)
 
@@ -138,9 +159,11 @@ class WorldModel:
   def predict(self, params, z, actions_norm, pe, *, dropout_rng=None):
     """Frame-causal prediction: output t is the prediction of frame t + 1.
 
-    Args: z (B, T, h, w, D), actions_norm (B, T, A), pe (B, T, Pe) or None; dropout_rng: a key
-      enables training-mode dropout (DINO-WM predictor), None = deterministic.
-    Returns: (z_next (B, T, h, w, D), pe_next (B, T, Pe) or None).
+    Args: z (B, T, h, w, D), actions_norm (B, T, A), pe (B, T, Pe) or per patch
+      (B, T, h, w, Pe) or None; dropout_rng: a key enables training-mode dropout (DINO-WM
+      predictor), None = deterministic.
+    Returns: (z_next (B, T, h, w, D), pe_next or None), pe_next (B, T, h, w, Pe) for a
+      per-patch predictor (AdaLN default), else (B, T, Pe).
     """
     if actions_norm.shape[-1] != self.action_dim:
       raise ValueError(f'model actions must have {self.action_dim} channels (frameskip x env '
@@ -153,11 +176,12 @@ class WorldModel:
     if not self.residual:
       return out
     z_delta, pe_delta = out
-    return z + z_delta, (None if pe is None else pe + pe_delta)
+    return z + z_delta, (None if pe is None else broadcast_proprio(pe, pe_delta) + pe_delta)
 
   def unroll(self, params, z0, pe0, actions_norm):
-    """Open loop from one frame: z0 (B, h, w, D), pe0 (B, Pe)|None, actions (B, H, A) ->
-    (z (B, H, h, w, D), pe (B, H, Pe)|None), predictions of frames 1..H (window of 2)."""
+    """Open loop from one frame: z0 (B, h, w, D), pe0 (B, Pe)|(B, h, w, Pe)|None, actions
+    (B, H, A) -> (z (B, H, h, w, D), pe|None), predictions of frames 1..H (window of 2); pe is
+    (B, H, h, w, Pe) for a per-patch predictor, else (B, H, Pe). See sliding_window_unroll."""
     return sliding_window_unroll(lambda *x: self.predict(params, *x), z0, pe0, actions_norm)
 
   def env_actions(self, actions_norm):

@@ -2,10 +2,9 @@
 
 `train(config, workdir, data_dir, encoder_path)` restores the frozen encoder export, builds the
 predictor chosen by `config.world_model`, trains it with the teacher-forcing + "2roll" objective
-(one jitted, donated, sharded step on `config.mesh` / `config.partition_rules`), checkpoints
-params, optimiser state and the data-iterator position (exact resume), validates open-loop
-rollouts against the constant-latent baseline, writes `summary.json` and exports the model to
-`<workdir>/model` for stage 3.
+on the stage harness (`training.run_stage`: sharded, donated step, exact resume, NaN stop),
+validates open-loop rollouts against the constant-latent baseline, writes `summary.json` and
+exports the model to `<workdir>/model` for stage 3.
 
 Workdir layout: `checkpoints/` (training checkpoints), TensorBoard event files, `summary.json`,
 `model/` (save_model kind 'world_model').
@@ -15,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import time
 from typing import Any
 
 import jax
@@ -25,12 +22,12 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from jepa_jax import outputs
 from jepa_jax import sharding
 from jepa_jax import training
-from jepa_jax.checkpoint import TrainCheckpointer
 from jepa_jax.data import pipeline
 from jepa_jax.data import stats as stats_lib
-from jepa_jax.data import wall_tfds
+from jepa_jax.data import trajectories
 from jepa_jax.world_model import losses
 from jepa_jax.world_model import model as model_lib
 from jepa_jax.world_model import validate
@@ -40,7 +37,7 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class WorldModelConfig:
-  """The `world_model` section of experiments/configs/wall.py.
+  """The `world_model` section of an experiment config; defaults are the paper's (REFERENCE §4).
 
   predictor: 'adaln' (default), 'adaln_zero', 'dino_wm' or 'vjepa2_ac'.
   predictor_config: keys of that predictor's config dataclass (depth, num_heads, embed_dim, ...);
@@ -49,7 +46,8 @@ class WorldModelConfig:
   residual: predict the change of the latent (z_next = z + out) instead of the latent itself
     (False = the reference; see model.WorldModel).
   batch_size: global batch (split over hosts and the mesh's data axes).
-  lr, weight_decay, grad_clip_norm, schedule, warmup_steps: AdamW (no decay on biases/norms).
+  lr, weight_decay, grad_clip_norm, schedule, warmup_steps: AdamW (no decay on biases/norms);
+    weight_decay_start: the decay follows a cosine from it to weight_decay (None: constant).
   compute_dtype: 'float32' or 'bfloat16' (params and optimiser state stay float32).
   l2_weight, l1_weight, cosine_weight, proprio_weight, rollout_steps: see losses.LossConfig.
   eval_every: validation every this many steps (0: only at the end).
@@ -57,29 +55,31 @@ class WorldModelConfig:
     validation clips = their product (from the validation split).
   """
   predictor: str = 'adaln'
-  predictor_config: dict = dataclasses.field(default_factory=dict)
+  predictor_config: dict = dataclasses.field(
+      default_factory=lambda: dict(depth=6, num_heads=16, mlp_ratio=4.0))
   proprio_emb_dim: int = 16
   residual: bool = False
-  batch_size: int = 32
-  num_steps: int = 3000
+  batch_size: int = 128
+  num_steps: int = 50_000
   lr: float = 5e-4
   weight_decay: float = 1e-6
+  weight_decay_start: float | None = 1e-7
   grad_clip_norm: float = 1.0
   schedule: str = 'constant'
   warmup_steps: int = 0
-  compute_dtype: str = 'float32'
+  compute_dtype: str = 'bfloat16'
   l2_weight: float = 1.0
   l1_weight: float = 0.0
   cosine_weight: float = 0.0
   proprio_weight: float = 1.0
   rollout_steps: int = 2
-  log_every: int = 50
-  checkpoint_every: int = 500
-  max_to_keep: int = 2
+  log_every: int = 100
+  checkpoint_every: int = 2000
+  max_to_keep: int = 3
   eval_every: int = 0
   eval_horizon: int = 6
-  eval_batch_size: int = 32
-  eval_num_batches: int = 4
+  eval_batch_size: int = 64
+  eval_num_batches: int = 8
 
   def __post_init__(self):
     if self.compute_dtype not in COMPUTE_DTYPES:
@@ -98,10 +98,11 @@ class WorldModelConfig:
 
 
 def make_optimizer(cfg: WorldModelConfig) -> optax.GradientTransformation:
-  """AdamW(0.9, 0.999, 1e-8), decay on matrices only, global-norm clipping, lr schedule."""
+  """AdamW(0.9, 0.999, 1e-8), decay on matrices only (cosine schedule), clipping, lr schedule."""
   return training.make_optimizer(
       learning_rate=cfg.lr, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm,
-      schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps)
+      schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps,
+      weight_decay_start=cfg.weight_decay_start)
 
 
 def init_state(model: model_lib.WorldModel, tx, key, num_frames: int) -> dict:
@@ -141,18 +142,6 @@ def make_train_step(model: model_lib.WorldModel, tx, loss_config: losses.LossCon
   return train_step
 
 
-def jit_train_step(train_step, state, encoder_params, mesh, rules):
-  """Jits `train_step` for `mesh`: state sharded by `rules` and donated, batch split over the
-  data axes, encoder params sharded by `rules`, metrics replicated."""
-  state_shardings = sharding.param_shardings(state, mesh, rules)
-  encoder_shardings = sharding.param_shardings(encoder_params, mesh, rules)
-  return jax.jit(
-      train_step,
-      in_shardings=(state_shardings, encoder_shardings, sharding.data_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,)), state_shardings, encoder_shardings
-
-
 MODEL_INPUTS = ('observations', 'actions', 'proprio')
 
 
@@ -160,9 +149,16 @@ def _model_inputs(batch):
   return {k: batch[k] for k in MODEL_INPUTS}
 
 
+def as_world_model_config(section: Any) -> WorldModelConfig:
+  """WorldModelConfig from a ConfigDict / dict (unknown keys raise TypeError naming the key)."""
+  if isinstance(section, WorldModelConfig):
+    return section
+  return WorldModelConfig(**dict(section.to_dict() if hasattr(section, 'to_dict') else section))
+
+
 def build_model(config, dataset_dir: str, encoder_path: str) -> tuple[Any, Any]:
   """(WorldModel, frozen encoder params) from the config, the dataset stats and the encoder."""
-  cfg = WorldModelConfig(**config.world_model.to_dict())
+  cfg = as_world_model_config(config.world_model)
   dtype = COMPUTE_DTYPES[cfg.compute_dtype]
   encoder, encoder_params, pixel_mean, pixel_std = model_lib.load_encoder(encoder_path, dtype)
   model = model_lib.build_world_model(
@@ -177,68 +173,61 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
   """Trains (or resumes) stage 2, validates, exports; returns the summary dict.
 
   Args:
-    config: the full experiment ConfigDict (sections seed, data, world_model, mesh,
+    config: the full experiment ConfigDict (sections env, seed, data, world_model, mesh,
       partition_rules).
     workdir: stage-2 working directory (checkpoints, TensorBoard, summary.json, model/).
-    data_dir: TFDS data_dir holding the dataset generated for `config.data`.
+    data_dir: TFDS data_dir holding the dataset generated for `config.env` / `config.data`.
     encoder_path: save_model export (kind 'vit') of the frozen encoder.
   """
-  cfg = WorldModelConfig(**config.world_model.to_dict())
-  data_cfg = wall_tfds.as_data_config(config.data)
+  cfg = as_world_model_config(config.world_model)
+  data_cfg = trajectories.as_data_config(config.data)
   num_frames = data_cfg.num_hist + data_cfg.num_pred
-  dataset_dir = wall_tfds.dataset_dir(data_dir, config.data, config.seed)
+  dataset_dir = trajectories.dataset_dir(data_dir, config.env, config.data, config.seed)
+  trajectories.open_builder(dataset_dir)  # a clear error before any work if it is missing
   os.makedirs(workdir, exist_ok=True)
 
   model, encoder_params = build_model(config, dataset_dir, encoder_path)
-  mesh = sharding.make_mesh(config.mesh.to_dict())
-  rules = [tuple(rule) for rule in config.partition_rules]
   tx = make_optimizer(cfg)
   loss_config = cfg.loss_config(rollout_context=data_cfg.num_hist)
-  step_fn = make_train_step(model, tx, loss_config, config.seed,
-                            use_dropout=cfg.predictor == 'dino_wm')
-
-  abstract = jax.eval_shape(
-      functools.partial(init_state, model, tx, num_frames=num_frames), jax.random.PRNGKey(0))
-  jitted, state_shardings, encoder_shardings = jit_train_step(
-      step_fn, abstract, encoder_params, mesh, rules)
-  state = jax.jit(functools.partial(init_state, model, tx, num_frames=num_frames),
-                  out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
-  encoder_params = jax.device_put(encoder_params, encoder_shardings)
-
-  num_hosts = jax.process_count()
-  if cfg.batch_size % num_hosts:
-    raise ValueError(f'world_model.batch_size={cfg.batch_size} must divide over {num_hosts} hosts')
-  train_iter = pipeline.make_clip_loader(
-      dataset_dir, 'train', batch_size=cfg.batch_size // num_hosts, num_frames=num_frames,
-      frameskip=data_cfg.frameskip, seed=config.seed, shard_index=jax.process_index(),
-      shard_count=num_hosts)
-  checkpointer = TrainCheckpointer(
-      os.path.join(workdir, 'checkpoints'), save_interval_steps=cfg.checkpoint_every,
-      max_to_keep=cfg.max_to_keep, config=config.to_dict())
-
   rollout_fn = validate.make_rollout_error_fn(model, cfg.eval_horizon)
-  shard_fn = lambda batch: sharding.shard_batch(_model_inputs(batch), mesh)
   last_eval = {}
+  placed = {}  # the frozen encoder params as placed on the mesh (set once the stage starts)
+
+  def make_loader(per_host, shard_index, shard_count):
+    return pipeline.make_clip_loader(
+        dataset_dir, 'train', batch_size=per_host, num_frames=num_frames,
+        frameskip=data_cfg.frameskip, seed=config.seed, shard_index=shard_index,
+        shard_count=shard_count)
 
   def eval_fn(state, step):
-    with_encoder = {**state['params'], 'encoder': encoder_params}
+    mesh, shard_count = placed['mesh'], jax.process_count()
+    with_encoder = {**state['params'], 'encoder': placed['encoder']}
     batches = validate.validation_batches(
-        dataset_dir, horizon=cfg.eval_horizon, batch_size=cfg.eval_batch_size // num_hosts,
+        dataset_dir, horizon=cfg.eval_horizon, batch_size=cfg.eval_batch_size // shard_count,
         num_batches=cfg.eval_num_batches, frameskip=data_cfg.frameskip, seed=config.seed,
-        shard_index=jax.process_index(), shard_count=num_hosts)
-    result = validate.evaluate(rollout_fn, with_encoder, (shard_fn(b) for b in batches))
+        shard_index=jax.process_index(), shard_count=shard_count)
+    inputs = (sharding.shard_batch(_model_inputs(b), mesh) for b in batches)
+    result = validate.evaluate(rollout_fn, with_encoder, inputs)
     last_eval.update(step=step, result=result)
     logging.info('open-loop rollout error at step %d:\n%s', step, validate.format_table(result))
     return validate.scalars(result)
 
-  start = time.perf_counter()
-  state, metrics = training.run_train_loop(
-      train_step=lambda s, b: jitted(s, encoder_params, b), state=state, data_iter=train_iter,
-      checkpointer=checkpointer, num_steps=cfg.num_steps, log_every=cfg.log_every,
-      workdir=workdir, shard_fn=shard_fn, eval_fn=eval_fn,
-      eval_every=cfg.eval_every or cfg.num_steps)
-  train_time = time.perf_counter() - start
-  checkpointer.close()
+  def on_init(state, mesh, frozen):
+    del state
+    placed.update(mesh=mesh, encoder=frozen[0])
+
+  stage = training.Stage(
+      name='world_model',
+      init_fn=functools.partial(init_state, model, tx, num_frames=num_frames),
+      step_fn=make_train_step(model, tx, loss_config, config.seed,
+                              use_dropout=cfg.predictor == 'dino_wm'),
+      make_loader=make_loader, batch_size=cfg.batch_size, num_steps=cfg.num_steps,
+      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+      max_to_keep=cfg.max_to_keep, frozen=(encoder_params,), model_inputs=_model_inputs,
+      settings=('env', 'seed', 'data'),
+      eval_fn=eval_fn, eval_every=cfg.eval_every or cfg.num_steps, on_init=on_init)
+  result = training.run_stage(stage, config, workdir)
+  state = result.state
   step = int(jax.device_get(state['step']))
   if last_eval.get('step') != step:  # e.g. a finished run restarted: validate once more
     writer = training.MetricsWriter(workdir)
@@ -247,18 +236,17 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
 
   model_dir = os.path.join(workdir, 'model')
   trained = jax.device_get({**state['params'], 'encoder': encoder_params})
+  training.check_finite_params(state['params'], f'the stage-2 world model at step {step}')
   if jax.process_index() == 0:
     model_lib.save_world_model(model_dir, model, trained)
-  result = last_eval['result']
   summary = {
       'num_steps': step,
-      'train_time_s': train_time,
-      'final_train_metrics': metrics,
+      'train_time_s': result.loop.seconds,
+      'steps_per_sec': result.loop.steps_per_sec,
+      'final_train_metrics': result.metrics,
       'eval_horizon': cfg.eval_horizon,
-      **validate.summary_entries(result),
+      **validate.summary_entries(last_eval['result']),
       'model_path': model_dir,
   }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+  outputs.write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary

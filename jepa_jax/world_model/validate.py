@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_jax.data import pipeline
+from jepa_jax.world_model import model as model_lib
 
 CHANNELS = ('visual', 'proprio')
 
@@ -46,9 +47,14 @@ def make_rollout_error_fn(model, horizon: int):
     pred_z, pred_pe = model.unroll(params, z[:, 0], None if pe is None else pe[:, 0],
                                    batch['actions'][:, :horizon])
     out = {'visual': errors(pred_z, z[:, 1:]),
-           'constant_visual': errors(jnp.broadcast_to(z[:, :1], z[:, 1:].shape), z[:, 1:])}
+           'constant_visual': errors(jnp.broadcast_to(z[:, :1], z[:, 1:].shape), z[:, 1:]),
+           # Per-channel variance of the true latents over clips and patches, averaged: the
+           # scale that makes the errors comparable across encoders (a mean predictor's error).
+           'latent_variance': jnp.broadcast_to(
+               jnp.mean(jnp.var(z[:, 1:].astype(jnp.float32), axis=(0, 2, 3)), axis=-1),
+               (horizon,))}
     if pe is not None:
-      out['proprio'] = errors(pred_pe, pe[:, 1:])
+      out['proprio'] = errors(pred_pe, model_lib.broadcast_proprio(pe[:, 1:], pred_pe))
       out['constant_proprio'] = errors(jnp.broadcast_to(pe[:, :1], pe[:, 1:].shape), pe[:, 1:])
     return out
 
@@ -94,7 +100,12 @@ def summary_entries(result: dict[str, np.ndarray]) -> dict:
       out[channel] = [float(x) for x in result[key]]
       out[f'{channel}_mean'] = float(np.mean(result[key]))
     ratio[f'{channel}_mean'] = model[f'{channel}_mean'] / max(constant[f'{channel}_mean'], 1e-12)
-  return {'rollout_error': model, 'constant_baseline': constant, 'ratio_to_constant': ratio}
+  variance = float(np.mean(result['latent_variance']))
+  normalised = {key: [float(x) / max(variance, 1e-12) for x in result[name]]
+                for key, name in (('visual', 'visual'), ('constant_visual', 'constant_visual'))}
+  return {'rollout_error': model, 'constant_baseline': constant, 'ratio_to_constant': ratio,
+          'latent_variance': variance, 'rollout_error_normalised': normalised,
+          'beats_constant_every_step': bool(np.all(result['visual'] < result['constant_visual']))}
 
 
 def scalars(result: dict[str, np.ndarray]) -> dict[str, float]:

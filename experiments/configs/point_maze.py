@@ -1,0 +1,20 @@
+"""PointMaze (D4RL maze2d-umaze) configs: `--config=experiments/configs/point_maze.py:<variant>`
+(see base.py for the variants).
+
+Data as DINO-WM's: random-action trajectories, 2000 of 100 steps at paper scale. The CPU
+variants train LeWorldModel from pixels alone, as Wall's do (see wall.py).
+"""
+
+from experiments.configs import base
+
+
+def get_config(variant='tiny'):
+  config = base.get_config('point_maze', variant)
+  config.data.update(num_train_trajectories=2000, num_validation_trajectories=200)
+  config.world_model.num_steps = 100_000
+  return base.apply_variant(
+      config,
+      smoke_data=dict(num_train_trajectories=64, num_validation_trajectories=16,
+                      trajectory_length=40),
+      tiny_data=dict(num_train_trajectories=500, num_validation_trajectories=50,
+                     trajectory_length=100))

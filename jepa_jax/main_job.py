@@ -1,0 +1,390 @@
+"""The main job: data -> stage 1 (encoder) -> stage 2 (world model) -> stage 3 (planning).
+
+Each stage writes into its own folder under the job directory (`layout.STAGES`) and resumes on
+its own (Orbax checkpoints with the grain iterator state). When a stage finishes, the job writes
+`<stage>/stage_done.json` (atomically) with the settings it ran with; a rerun skips a finished
+stage whose settings are unchanged, and stops with one line listing the differences otherwise
+(`overwrite=True` reruns the changed stages, moving their old folders aside).
+
+Before the first stage starts, every stage's config is built and checked and the job directory
+is checked, claimed and locked (`outputs.WorkdirLock`), so a bad setting or an unwritable
+folder fails in seconds, not after hours.
+
+Layout of `workdir`:
+  data/          TFDS ArrayRecord dataset + stats.json
+  pretrain/      stage-1 checkpoints, TensorBoard logs, summary.json, encoder/ (frozen export)
+  world_model/   stage-2 checkpoints, TensorBoard logs, summary.json, model/ (read by stage 3)
+  planning/      results.json, results.png, gifs/
+  summary.json   the headline numbers of all stages
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+
+from jepa_jax import config_diff, console, envs, layout, outputs, provenance
+from jepa_jax.data import trajectories
+from jepa_jax.lewm import train as lewm_train
+from jepa_jax.planning import confidence
+from jepa_jax.planning import run as planning_run
+from jepa_jax.pretrain import train as pretrain_train
+from jepa_jax.world_model import train as world_model_train
+
+STAGE_LABELS = {'data': 'data', 'pretrain': 'stage 1 (encoder)',
+                'world_model': 'stage 2 (world model)', 'planning': 'stage 3 (planning)'}
+# The config sections each stage reads; a stage depends on its own and all earlier ones.
+STAGE_SECTIONS = {
+    'data': ('env', 'seed', 'data'),
+    'pretrain': ('encoder_source', 'encoder_export', 'encoder', 'pretrain'),
+    'world_model': ('world_model', 'lewm'),
+    'planning': ('planning', 'planning_extra'),
+}
+# Settings that never change a stage's results (how often it logs or saves, how many steps
+# are kept on disk).
+NEUTRAL_KEYS = tuple(f'{section}.{key}' for section in ('pretrain', 'world_model')
+                     for key in ('log_every', 'checkpoint_every', 'max_to_keep')) + (
+                         'planning.num_gifs', 'planning.latency_repeats')
+ENCODER_SOURCES = ('pretrain', 'export')
+
+
+def stage_settings(config, stage: str) -> dict:
+  """The settings `stage` depends on: its sections and those of the stages before it."""
+  keys = []
+  for name in layout.STAGES[:layout.STAGES.index(stage) + 1]:
+    keys += STAGE_SECTIONS[name]
+  return config_diff.select(config, keys)
+
+
+def check_config(config) -> None:
+  """Builds every stage's config so that a bad setting fails before any work (one line)."""
+  envs.get(config.env)
+  trajectories.as_data_config(config.data)
+  if config.encoder_source not in ENCODER_SOURCES:
+    raise ValueError(f'encoder_source={config.encoder_source!r} must be one of '
+                     f'{ENCODER_SOURCES}')
+  if config.encoder_source == 'export':
+    if not config.encoder_export:
+      raise ValueError(
+          'this variant plans on a frozen converted encoder (encoder_source=export): convert '
+          'DINOv2-S/14 with `python -m experiments.convert_checkpoint --kind=dinov2 ...` and pass '
+          '--config.encoder_export=DIR, or use the :paper_vjepa variant')
+    if not os.path.isdir(config.encoder_export):
+      raise ValueError(f'encoder_export={config.encoder_export} is not a folder; pass the '
+                       '--output of experiments.convert_checkpoint --kind=dinov2')
+  elif is_end_to_end(config):
+    lewm_train.as_lewm_config(config.lewm)
+  else:
+    pretrain_train.as_pretrain_config(config.pretrain)
+  world_model_train.as_world_model_config(config.world_model)
+  planning_run.planning_rows(config)
+
+
+def is_end_to_end(config) -> bool:
+  """True for `pretrain.objective='lewm'`: LeWorldModel trains encoder and predictor together
+  in the world-model stage, and stage 1 has nothing to do."""
+  return config.encoder_source == 'pretrain' and config.pretrain.objective == 'lewm'
+
+
+def _move_aside(path: str) -> str:
+  """Renames `path` to the first free `<path>.replaced-<n>` (old results are never deleted)."""
+  n = 1
+  while os.path.exists(f'{path}.replaced-{n}'):
+    n += 1
+  os.replace(path, f'{path}.replaced-{n}')
+  return f'{path}.replaced-{n}'
+
+
+def _run_stage(stage_dir: str, stage: str, settings: dict, run: Callable[[], dict],
+               overwrite: bool) -> dict:
+  """Runs one stage unless it finished with the same settings; returns {'result', 'seconds',
+  'settings'}."""
+  label = STAGE_LABELS[stage]
+  marker = os.path.join(stage_dir, 'stage_done.json')
+  if os.path.exists(marker):
+    with open(marker) as f:
+      done = json.load(f)
+    changed = config_diff.differences(done.get('settings', {}), settings, ignore=NEUTRAL_KEYS)
+    if not changed:
+      console.result(label, f'already done, skipped ({marker})')
+      return done
+    if not overwrite:
+      raise ValueError(
+          f'{label} in {stage_dir} ran with other settings ({"; ".join(changed[:4])}'
+          f'{"; ..." if len(changed) > 4 else ""}): use a new --workdir, or --overwrite to rerun '
+          'the changed stages (their old folders are kept as <stage>.replaced-N)')
+    logging.warning('%s: settings changed, old results moved to %s', label,
+                    _move_aside(stage_dir))
+  elif overwrite and os.path.isdir(stage_dir) and os.listdir(stage_dir):
+    # An unfinished stage whose checkpoints may hold other settings: start it afresh.
+    _move_aside(stage_dir)
+  os.makedirs(stage_dir, exist_ok=True)
+  start = time.perf_counter()
+  result = run()
+  done = {'result': result, 'seconds': time.perf_counter() - start, 'settings': settings}
+  outputs.write_json(marker, done)
+  return done
+
+
+def run_job(config, workdir: str, *, overwrite: bool = False, seeds: int = 1,
+            ablation: bool = False) -> dict:
+  """The main job: the pipeline for `seeds` training seeds (config.seed, +1, ...), with the
+  pixels / proprio ablation of every seed when `ablation`; returns and writes summary.json.
+
+  One seed runs in `workdir` itself; several run in `workdir/seed_<s>` and `summary.json`
+  reports every row's success as the mean over seeds with a t-based 95 % interval.
+  """
+  if seeds < 1:
+    raise ValueError(f'--seeds={seeds} must be >= 1')
+  check_config(config)
+  workdir = outputs.prepare_output_dir(workdir, kind='main_job')
+  with outputs.WorkdirLock(workdir):
+    if seeds == 1:
+      return _run_locked(config, workdir, overwrite, ablation)
+    runs = []
+    for offset in range(seeds):
+      seed_config = config.copy_and_resolve_references()
+      seed_config.seed = int(config.seed) + offset
+      seed_dir = outputs.prepare_output_dir(os.path.join(workdir, f'seed_{seed_config.seed}'),
+                                            kind='main_job')
+      runs.append(_run_locked(seed_config, seed_dir, overwrite, ablation))
+    summary = summarise_seeds(runs)
+    outputs.write_json(os.path.join(workdir, 'summary.json'), summary)
+    print(format_seeds(summary), flush=True)
+    return summary
+
+
+def run_pipeline(config, workdir: str, *, overwrite: bool = False) -> dict:
+  """Runs (or resumes) all stages for `config` in `workdir`; returns and writes summary.json.
+
+  Args:
+    config: the full experiment ConfigDict (experiments/configs/<env>.py).
+    workdir: the job's directory (created, claimed and locked for the run).
+    overwrite: rerun stages whose settings changed (else a change is an error).
+  Returns:
+    the summary (see `summarise`).
+  """
+  return run_job(config, workdir, overwrite=overwrite)
+
+
+def _run_locked(config, workdir: str, overwrite: bool, ablation: bool = False) -> dict:
+  dirs = {stage: os.path.join(workdir, stage) for stage in layout.STAGES}
+  stages = {}
+
+  def run(stage, fn):
+    stages[stage] = _run_stage(dirs[stage], stage, stage_settings(config, stage), fn, overwrite)
+    return stages[stage]['result']
+
+  run('data', lambda: dict(trajectories.describe(
+      trajectories.generate(dirs['data'], config.env, config.data, config.seed))))
+  if is_end_to_end(config):
+    run('pretrain', lambda: {'encoder_source': 'lewm (trained with the world model)'})
+    run('world_model', lambda: lewm_train.train(config, dirs['world_model'], dirs['data']))
+  else:
+    if config.encoder_source == 'export':
+      encoder_path = config.encoder_export
+      run('pretrain', lambda: {'encoder_path': encoder_path, 'encoder_source': 'export'})
+    else:
+      run('pretrain', lambda: pretrain_train.train(config, dirs['pretrain'], dirs['data']))
+      encoder_path = os.path.join(workdir, layout.ENCODER_EXPORT)
+    run('world_model', lambda: world_model_train.train(
+        config, dirs['world_model'], dirs['data'], encoder_path))
+  run('planning', lambda: planning_run.run_planning(
+      dirs['planning'], config, os.path.join(workdir, layout.WORLD_MODEL_EXPORT)))
+  summary = summarise(config, stages)
+  if ablation:
+    table = run_ablation(config, workdir, dirs['data'], overwrite)
+    summary['ablation'] = table
+    summary['pixels_only_success_rate_random_encoder'] = (
+        table['rows']['visual_cost_only/random_encoder']['success_rate'])
+  outputs.write_json(os.path.join(workdir, 'summary.json'), summary)
+  print(format_summary(summary), flush=True)
+  return summary
+
+
+# ----------------------------------------------------------------------------- ablation
+
+# (world model, planning overrides) of every ablation row, per encoder. 'no_proprio' is a world
+# model trained without proprioception; 'proprio' is the main job's (with it).
+ABLATION_ROWS = {
+    'pixels_only': ('no_proprio', dict(objective_proprio_weight=0.0)),
+    'visual_cost_only': ('proprio', dict(objective_proprio_weight=0.0)),
+    'proprio_only': ('proprio', dict(objective_visual_weight=0.0)),
+    'pixels_and_proprio': ('proprio', {}),
+}
+
+
+def run_ablation(config, workdir: str, data_dir: str, overwrite: bool) -> dict:
+  """Pixels only / proprio only / pixels + proprio, each with the trained encoder and with a
+  random-init encoder of the same architecture, on the main job's episodes and protocol
+  (`config.ablation_protocol`: 'main' or a row of `planning_extra`); writes ablation.json.
+
+  Stage-2 models trained here live in `workdir/ablation/<encoder>/<world model>/`, each a
+  resumable stage like the main job's.
+  """
+  if is_end_to_end(config) or config.encoder_source != 'pretrain':
+    raise ValueError('--ablation compares encoders trained by stage 1 (pretrain.objective vjepa '
+                     'or vjepa_sigreg) with their random init; this config has none')
+  root = os.path.join(workdir, 'ablation')
+  protocol = config.get('ablation_protocol', 'main')
+  base_planning = dict(config.planning)
+  if protocol != 'main':
+    base_planning.update(config.planning_extra[protocol])
+  encoders = {'trained': os.path.join(workdir, layout.ENCODER_EXPORT),
+              'random_encoder': os.path.join(root, 'random_encoder', 'encoder')}
+  start = time.perf_counter()
+  if not os.path.isdir(encoders['random_encoder']):
+    pretrain_train.export_random_encoder(config, encoders['random_encoder'])
+  rows = {}
+  for encoder_name, encoder_path in encoders.items():
+    models = {}
+    for model_name, proprio_dim in (('proprio', config.world_model.proprio_emb_dim),
+                                    ('no_proprio', 0)):
+      if encoder_name == 'trained' and model_name == 'proprio':
+        models[model_name] = os.path.join(workdir, layout.WORLD_MODEL_EXPORT)
+        continue
+      model_config = config.copy_and_resolve_references()
+      model_config.world_model.proprio_emb_dim = proprio_dim
+      stage_dir = os.path.join(root, encoder_name, model_name)
+      settings = {**stage_settings(model_config, 'world_model'), 'encoder_path': encoder_path}
+      _run_stage(stage_dir, 'world_model', settings, lambda: world_model_train.train(
+          model_config, stage_dir, data_dir, encoder_path), overwrite)
+      models[model_name] = os.path.join(stage_dir, 'model')
+    for row, (model_name, overrides) in ABLATION_ROWS.items():
+      row_config = config.copy_and_resolve_references()
+      row_config.planning = {**base_planning, **overrides, 'num_gifs': 0}
+      row_config.planning_extra = {}
+      row_dir = os.path.join(root, encoder_name, f'planning_{row}')
+      settings = {**stage_settings(row_config, 'planning'), 'world_model': models[model_name]}
+      result = _run_stage(row_dir, 'planning', settings, lambda: planning_run.run_planning(
+          row_dir, row_config, models[model_name]), overwrite)['result']
+      rows[f'{row}/{encoder_name}'] = dict(
+          success_rate=result['success_rate'], success_ci=result['success_ci'],
+          mean_final_distance=result['mean_final_distance'], world_model=models[model_name])
+  table = dict(protocol=protocol, episodes=config.planning.num_episodes, rows=rows,
+               seconds=time.perf_counter() - start)
+  outputs.write_json(os.path.join(workdir, 'ablation.json'), table)
+  print(format_ablation(table), flush=True)
+  return table
+
+
+def format_ablation(table: dict) -> str:
+  """The ablation table: one line per row, trained vs random-init encoder side by side."""
+  lines = ['', f"ablation ({table['episodes']} episodes, protocol {table['protocol']}; success "
+           'with 95 % interval, mean final distance)',
+           f"{'row':<20} {'trained encoder':<34} random-init encoder"]
+  for row in ABLATION_ROWS:
+    cells = []
+    for encoder in ('trained', 'random_encoder'):
+      r = table['rows'][f'{row}/{encoder}']
+      cells.append(f"{_pct(r['success_rate'], r['success_ci'])}, {r['mean_final_distance']:.2f}")
+    lines.append(f'{row:<20} {cells[0]:<34} {cells[1]}')
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def summarise_seeds(runs: list) -> dict:
+  """Mean success over training seeds with a t-based 95 % interval, for every planning row."""
+  rows = {'main': [r['success_rate'] for r in runs]}
+  for name in runs[0]['rows']:
+    rows[name] = [r['rows'][name]['success_rate'] for r in runs]
+  return dict(
+      env=runs[0]['env'], variant=runs[0]['variant'], seeds=[r['seed'] for r in runs],
+      success_rate=confidence.seed_interval(rows['main']).as_dict(),
+      rows={name: confidence.seed_interval(rates).as_dict() for name, rates in rows.items()},
+      per_seed=runs, total_time_s=sum(r['total_time_s'] for r in runs))
+
+
+def format_seeds(summary: dict) -> str:
+  lines = ['', f"over training seeds {summary['seeds']} (mean, t-based 95 % interval):"]
+  for name, ci in summary['rows'].items():
+    lines.append(f"  {name:<16} {_pct(ci['rate'], ci)}")
+  return '\n'.join(lines)
+
+
+def summarise(config, stages: dict) -> dict:
+  """The job's headline numbers: encoder measures (trained vs random init), rollout error vs
+  the constant-latent baseline, success of every planning row with its 95 % interval next to
+  the random policy on the same episodes, latency, stage times, provenance."""
+  pretrain = stages['pretrain']['result']
+  world_model = stages['world_model']['result']
+  planning = stages['planning']['result']
+  stage_seconds = {name: stage['seconds'] for name, stage in stages.items()}
+  rows = planning.get('rows', {})
+  # Encoder measures: stage 1's, or LeWM's (it measures its encoder after training).
+  measured = world_model if is_end_to_end(config) else pretrain
+  summary = dict(
+      env=config.env,
+      variant=config.get('variant', ''),
+      seed=config.seed,
+      objective=config.pretrain.objective if config.encoder_source == 'pretrain' else 'export',
+      encoder={k: v for k, v in measured.items() if isinstance(v, (int, float))
+               and k.startswith(('geometry_', 'probe_error', 'latent_distance_spearman'))},
+      rollout_error=world_model['rollout_error']['visual_mean'],
+      rollout_error_constant_baseline=world_model['constant_baseline']['visual_mean'],
+      rollout_error_normalised=world_model.get('rollout_error_normalised'),
+      beats_constant_every_step=world_model.get('beats_constant_every_step'),
+      success_rate=planning['success_rate'],
+      success_ci=planning['success_ci'],
+      random_policy_success_rate=planning['random_policy_success_rate'],
+      mean_final_distance=planning['mean_final_distance'],
+      random_policy_mean_final_distance=planning['random_policy_mean_final_distance'],
+      distance_unit=planning['distance_unit'],
+      episodes=planning['episodes'],
+      episode_set=planning['episode_set'],
+      protocol=planning['protocol'],
+      planner_settings=planning['planner_settings'],
+      rows={name: dict(success_rate=row['success_rate'], success_ci=row['success_ci'],
+                       mean_final_distance=row['mean_final_distance'],
+                       protocol=row['protocol']) for name, row in rows.items()},
+      plan_latency_s=planning['plan_latency_median_s'],
+      stage_seconds=stage_seconds,
+      total_time_s=sum(stage_seconds.values()),
+      provenance=provenance.describe_run(),
+  )
+  if uses_proprio(config):
+    if 'pixels_only' in rows:
+      summary['pixels_only_success_rate'] = rows['pixels_only']['success_rate']
+  else:  # the model reads no proprio: every row is pixels only
+    summary['pixels_only_success_rate'] = planning['success_rate']
+  return summary
+
+
+def uses_proprio(config) -> bool:
+  """Whether the job's world model reads proprioception."""
+  section = config.lewm if is_end_to_end(config) else config.world_model
+  return section.proprio_emb_dim > 0
+
+
+def _pct(rate: float, ci: Optional[dict] = None) -> str:
+  text = f'{rate:.1%}'
+  return text if ci is None else f"{text} [{ci['low']:.1%}, {ci['high']:.1%}]"
+
+
+def format_summary(summary: dict) -> str:
+  """The human-readable table printed at the end of the main job."""
+  encoder = summary['encoder']
+  unit = summary['distance_unit']
+  rows = [
+      *((f'encoder: {k}', f'{encoder[k]:.3g}   (random init {encoder[k + "_random_encoder"]:.3g})')
+        for k in sorted(encoder) if k + '_random_encoder' in encoder),
+      ('rollout latent error', f"{summary['rollout_error']:.4g}"
+       f"   (constant latent {summary['rollout_error_constant_baseline']:.4g})"),
+      (f"{summary['env']} success ({summary['episodes']} {summary['episode_set']} episodes)",
+       f"{_pct(summary['success_rate'], summary['success_ci'])}"
+       f"   (random policy {_pct(summary['random_policy_success_rate'])})"),
+      *((f'  row {name}', _pct(row['success_rate'], row['success_ci']))
+        for name, row in summary['rows'].items()),
+      (f'mean final distance ({unit})', f"{summary['mean_final_distance']:.2f}"
+       f"   (random policy {summary['random_policy_mean_final_distance']:.2f})"),
+      ('plan latency (s)', f"{summary['plan_latency_s']:.3f}"),
+      ('stage times (s)', ', '.join(f'{k} {v:.0f}' for k, v in summary['stage_seconds'].items())),
+      ('total time (s)', f"{summary['total_time_s']:.1f}"),
+  ]
+  width = max(len(name) for name, _ in rows)
+  return '\n'.join(['', 'jepa_jax pipeline summary', '-' * (width + 40)] +
+                   [f'{name:<{width}}  {value}' for name, value in rows])

@@ -1,0 +1,104 @@
+"""The binaries on bad inputs: each ends with exit status 1 and one line naming the thing and the
+fix, and destroys nothing. Every case is a real subprocess; they run concurrently (each pays the
+JAX import) so the table stays fast.
+
+A row: (name, binary, arguments (with {tmp} for the case's folder), expected text of the line).
+`_setup` prepares the case's folder; `_after` checks what must have survived.
+"""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jepa_jax import checkpoint, outputs
+
+pytestmark = pytest.mark.slow  # 9 subprocesses, each importing JAX: ~30 s of CPU
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONVERT = 'experiments.convert_checkpoint'
+_ADALN = ['--kind=adaln', '--num_heads=2', '--grid_size=3,4']
+
+CASES = [
+    ('convert_output_is_the_input', CONVERT,
+     _ADALN + ['--input={tmp}/in.pth', '--output={tmp}/in.pth'],
+     'is the input'),
+    ('convert_output_contains_the_input', CONVERT,
+     _ADALN + ['--input={tmp}/in.pth', '--output={tmp}'],
+     'contains the input'),
+    ('convert_output_holds_user_files', CONVERT,
+     _ADALN + ['--input={tmp}/in.pth', '--output={tmp}/user'],
+     'already holds files not written by jepa_jax'),
+    ('convert_output_is_a_file', CONVERT,
+     _ADALN + ['--input={tmp}/in.pth', '--output={tmp}/user/notes.txt'],
+     'is a file, not a folder'),
+    ('convert_output_cannot_be_created', CONVERT,
+     _ADALN + ['--input={tmp}/in.pth', '--output=/proc/jepa_jax_output'],
+     'cannot be created or written'),
+    ('convert_input_missing', CONVERT,
+     _ADALN + ['--input={tmp}/absent.pth', '--output={tmp}/out'],
+     'no checkpoint file at'),
+    ('convert_garbage_input_over_an_earlier_conversion', CONVERT,
+     _ADALN + ['--input={tmp}/in.pth', '--output={tmp}/earlier'],
+     'is not a PyTorch checkpoint readable by torch.load'),
+    ('convert_positional_argument', CONVERT,
+     _ADALN + ['--input={tmp}/in.pth', '--output={tmp}/out', 'num_heads=4'],
+     "unexpected arguments ['num_heads=4']"),
+    ('convert_bad_grid', CONVERT,
+     ['--kind=adaln', '--grid_size=3,x', '--input={tmp}/in.pth', '--output={tmp}/out'],
+     '--grid_size=3,x must be two integers H,W'),
+]
+
+_EARLIER = {'w': np.arange(3, dtype=np.float32)}
+
+
+def _setup(tmp):
+  os.makedirs(os.path.join(tmp, 'user'))
+  with open(os.path.join(tmp, 'user', 'notes.txt'), 'w') as f:
+    f.write('precious')
+  with open(os.path.join(tmp, 'in.pth'), 'wb') as f:
+    f.write(b'not a checkpoint, but the only copy of something')
+  earlier = os.path.join(tmp, 'earlier')  # what a finished conversion leaves
+  outputs.prepare_output_dir(earlier, kind='converted_checkpoint')
+  checkpoint.save_model(earlier, kind='predictor', config={}, params=_EARLIER)
+
+
+def _after(tmp):
+  with open(os.path.join(tmp, 'in.pth'), 'rb') as f:
+    assert f.read() == b'not a checkpoint, but the only copy of something'
+  assert os.listdir(os.path.join(tmp, 'user')) == ['notes.txt']
+  with open(os.path.join(tmp, 'user', 'notes.txt')) as f:
+    assert f.read() == 'precious'
+  np.testing.assert_array_equal(checkpoint.load_model(os.path.join(tmp, 'earlier'))[2]['w'],
+                                _EARLIER['w'])
+
+
+def _run(case, tmp):
+  _, binary, args, _ = case
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', binary] + [a.format(tmp=tmp) for a in args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+  folders = {case[0]: str(tmp_path_factory.mktemp(case[0])) for case in CASES}
+  for folder in folders.values():
+    _setup(folder)  # here, not in the threads: orbax saves are not thread-safe
+  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    futures = {case[0]: pool.submit(_run, case, folders[case[0]]) for case in CASES}
+    return {name: (future.result(), folders[name]) for name, future in futures.items()}
+
+
+@pytest.mark.parametrize('case', CASES, ids=[case[0] for case in CASES])
+def test_one_line_error_and_nothing_lost(case, results):
+  done, tmp = results[case[0]]
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 1, done.stderr
+  assert len(lines) == 1, done.stderr
+  assert lines[0].startswith('error: ') and case[3] in lines[0], lines[0]
+  assert done.stdout == ''
+  _after(tmp)

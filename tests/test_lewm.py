@@ -1,0 +1,129 @@
+"""LeWorldModel: standardised latents folded into the export, gradients through both sides of
+the prediction loss, and a short end-to-end run whose export stage 3 loads."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments.configs import wall
+from jepa_jax.data import stats as stats_lib
+from jepa_jax.data import trajectories
+from jepa_jax.lewm import train as lewm_train
+from jepa_jax.world_model import model as model_lib
+
+IMAGE = 16
+
+
+def tiny_lewm(**overrides):
+  return lewm_train.LeWMConfig(**{
+      'encoder': dict(preset='tiny', image_size=IMAGE, patch_size=IMAGE, tubelet_size=1,
+                      width=12, depth=1, num_heads=2, pos_embed='none'),
+      'predictor_config': dict(depth=1, num_heads=2, mlp_ratio=2.0),
+      'sigreg_directions': 8, **overrides})
+
+
+STATS = {'action_mean': np.zeros(2, np.float32), 'action_std': np.ones(2, np.float32),
+         'proprio_mean': np.zeros(2, np.float32), 'proprio_std': np.ones(2, np.float32)}
+
+
+def random_batch(seed=0, batch=6, frames=4):
+  rng = np.random.default_rng(seed)
+  return {'observations': rng.integers(0, 256, (batch, frames, IMAGE, IMAGE, 3), np.uint8),
+          'actions': rng.normal(size=(batch, frames, 10)).astype(np.float32),
+          'proprio': rng.normal(size=(batch, frames, 2)).astype(np.float32)}
+
+
+def test_folded_statistics_make_the_export_output_standardised_latents():
+  cfg = tiny_lewm()
+  model = lewm_train.build_model(cfg, STATS, frameskip=5)
+  params = lewm_train.init_params(model, jax.random.PRNGKey(0), 4)
+  frames = random_batch()['observations']
+  raw = np.asarray(jax.jit(lambda p, f: lewm_train.encode_with_grad(model, p, f))(
+      params['encoder'], frames), np.float64)
+  assert raw.shape == (6, 4, 1, 1, 12)
+  flat = raw.reshape(-1, 12)
+  mean, std = flat.mean(0), np.sqrt(flat.var(0) + lewm_train.BATCHNORM_EPS)
+  folded = lewm_train.fold_batchnorm(jax.device_get(params['encoder']), mean, std)
+  exported = np.asarray(jax.jit(model.encode)({'encoder': folded}, frames), np.float64)
+  np.testing.assert_allclose(exported, (raw - mean) / std, atol=2e-4)
+  # The training-time standardisation is the same map on a batch.
+  z, batch_mean, batch_std = lewm_train.batch_normalise(jnp.asarray(raw, jnp.float32))
+  np.testing.assert_allclose(batch_mean, mean, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(z), (raw - mean) / std, atol=2e-4)
+
+
+def test_prediction_loss_has_no_stop_gradient_and_trains_the_encoder():
+  cfg = tiny_lewm(sigreg_weight=0.0)
+  model = lewm_train.build_model(cfg, STATS, frameskip=5)
+  params = lewm_train.init_params(model, jax.random.PRNGKey(1), 4)
+  batch = random_batch(1)
+  key = jax.random.PRNGKey(2)
+  grads = jax.jit(jax.grad(lambda p: lewm_train.lewm_loss(p, batch, key, model, cfg)[0]))(params)
+  kernel = grads['encoder']['patch_embed']['proj']['kernel']
+  assert float(jnp.abs(kernel).max()) > 0
+  # The final LayerNorm affine is fixed (the standardisation owns the scale).
+  assert float(jnp.abs(grads['encoder']['norm']['scale']).max()) == 0.0
+
+  def stopped_target_loss(p):
+    raw = lewm_train.encode_with_grad(model, p['encoder'], batch['observations'])
+    z, _, _ = lewm_train.batch_normalise(raw)
+    pred, _ = model.predict(p, z[:, :-1], batch['actions'][:, :-1], None)
+    return jnp.mean(jnp.square(pred - jax.lax.stop_gradient(z[:, 1:])))
+  stopped = jax.jit(jax.grad(stopped_target_loss))(params)['encoder']['patch_embed']['proj']['kernel']
+  assert float(jnp.abs(stopped - kernel).max()) > 1e-3 * float(jnp.abs(kernel).max())
+
+
+def test_sigreg_term_is_added_with_its_weight():
+  model = lewm_train.build_model(tiny_lewm(), STATS, frameskip=5)
+  params = lewm_train.init_params(model, jax.random.PRNGKey(3), 4)
+  batch = random_batch(3)
+  loss, metrics = jax.jit(lambda p: lewm_train.lewm_loss(
+      p, batch, jax.random.PRNGKey(4), model, tiny_lewm(sigreg_weight=0.5)))(params)
+  np.testing.assert_allclose(loss, metrics['prediction'] + 0.5 * metrics['sigreg'], rtol=1e-6)
+
+
+def test_unknown_key_and_bad_tubelet_are_clear_errors():
+  with pytest.raises(TypeError, match='sigreg_lambda'):
+    lewm_train.as_lewm_config({'sigreg_lambda': 1.0})
+  bad = tiny_lewm(encoder=dict(preset='tiny', image_size=IMAGE, patch_size=IMAGE,
+                               tubelet_size=2, width=12, depth=1, num_heads=2))
+  with pytest.raises(ValueError, match='tubelet_size'):
+    lewm_train.build_model(bad, STATS, frameskip=5)
+
+
+@pytest.mark.slow
+def test_short_run_exports_a_world_model_that_loads(tmp_path):
+  config = wall.get_config('smoke')
+  config.data.update(dict(image_size=IMAGE, num_train_trajectories=8,
+                          num_validation_trajectories=4, trajectory_length=40))
+  config.lewm = ml_collections.ConfigDict(dict(
+      **{k: v for k, v in vars(tiny_lewm()).items() if k in (
+          'encoder', 'predictor_config', 'sigreg_directions')},
+      batch_size=8, num_steps=3, log_every=1, checkpoint_every=2, eval_batch_size=8,
+      eval_num_batches=1, statistics_batches=2, geometry_frames=64))
+  data_dir = str(tmp_path / 'data')
+  dataset = trajectories.generate(data_dir, config.env, config.data, config.seed)
+  summary = lewm_train.train(config, str(tmp_path / 'lewm'), data_dir)
+  assert summary['num_steps'] == 3
+  with open(tmp_path / 'lewm' / 'summary.json') as f:
+    written = json.load(f)
+  for key in ('geometry_latent_distance_spearman',
+              'geometry_latent_distance_spearman_random_encoder',
+              'geometry_probe_error_px_mean_pool', 'geometry_effective_rank',
+              'rollout_error_normalised', 'ratio_to_constant'):
+    assert key in written
+  assert os.path.exists(tmp_path / 'lewm' / 'cost_landscape.png')
+  model, params = model_lib.load_world_model(summary['model_path'])
+  assert not model.use_proprio
+  np.testing.assert_allclose(model.stats['action_std'],
+                             stats_lib.load_stats(dataset)['action_std'], rtol=1e-6)
+  frames = random_batch(5, batch=2, frames=3)['observations']
+  z = jax.jit(model.encode)(params, frames)
+  assert z.shape == (2, 3, 1, 1, 12)
+  pred, _ = jax.jit(model.unroll)(params, z[:, 0], None, jnp.zeros((2, 4, 10)))
+  assert pred.shape == (2, 4, 1, 1, 12) and bool(jnp.isfinite(pred).all())

@@ -1,0 +1,306 @@
+"""Push-T: the JAX solver against pymunk (the reference's engine), invariants, success, render.
+
+The pymunk scene is built here from the spec (REFERENCE.md section 7, the reference's
+pusht_env.py): damping 0, walls as radius-2 segments at 5 and 506, a kinematic disc of radius 15
+driven by the PD law, the T of two boxes with mass 1, moment 2 x moment_for_poly(bar), centre of
+gravity midway between the boxes' centroids, friction 0 (pymunk's default on shapes).
+"""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jepa_jax import envs
+from jepa_jax.envs import push_t
+from jepa_jax.planning import cem
+from jepa_jax.planning.oracle import oracle_agent
+
+pymunk = pytest.importorskip('pymunk')
+
+ENV = push_t.ENV
+BAR = [(-60, 30), (60, 30), (60, 0), (-60, 0)]      # the reference's vertices
+STEM = [(-15, 30), (-15, 120), (15, 120), (15, 30)]
+STEPS = 10                                          # env steps per compared trajectory
+rollout = jax.jit(ENV.rollout)
+start_goal = jax.jit(jax.vmap(ENV.sample_start_goal))
+
+
+def pymunk_scene(state):
+  space = pymunk.Space()
+  space.gravity = (0, 0)
+  space.damping = 0.0
+  for a, b in [((5, 506), (5, 5)), ((5, 5), (506, 5)), ((506, 5), (506, 506)),
+               ((5, 506), (506, 506))]:
+    space.add(pymunk.Segment(space.static_body, a, b, 2))
+  agent = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
+  space.add(agent, pymunk.Circle(agent, 15))
+  block = pymunk.Body(1, 2 * pymunk.moment_for_poly(1, BAR))
+  bar, stem = pymunk.Poly(block, BAR), pymunk.Poly(block, STEM)
+  block.center_of_gravity = tuple(
+      (np.array(bar.center_of_gravity) + np.array(stem.center_of_gravity)) / 2)
+  space.add(block, bar, stem)
+  state = [float(x) for x in state]
+  agent.velocity, agent.position = tuple(state[5:7]), tuple(state[:2])
+  block.angle = state[4]                     # the reference sets the angle first
+  block.position = tuple(state[2:4])
+  return space, agent, block
+
+
+def pymunk_observe(agent, block):
+  """pymunk's state advanced by the block's pending motion `v dt` (see push_t's docstring)."""
+  cog_local = np.array(block.center_of_gravity)
+  rot = lambda a: np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+  cog = np.array(block.position) + rot(block.angle) @ cog_local
+  cog = cog + np.array(block.velocity) * 0.01
+  angle = block.angle + block.angular_velocity * 0.01
+  pos = cog - rot(angle) @ cog_local
+  return np.array([*agent.position, *pos, angle % (2 * math.pi), *agent.velocity])
+
+
+def pymunk_rollout(state, actions):
+  space, agent, block = pymunk_scene(state)
+  states = [np.asarray(state, np.float64)]
+  for action in actions:
+    target = np.array(agent.position) + 100 * np.asarray(action, np.float64)
+    for _ in range(10):
+      accel = 100 * (target - np.array(agent.position)) - 20 * np.array(agent.velocity)
+      agent.velocity = tuple(np.array(agent.velocity) + accel * 0.01)
+      space.step(0.01)
+    states.append(pymunk_observe(agent, block))
+  return np.stack(states)
+
+
+def ours(state, actions):
+  return np.asarray(rollout(jnp.asarray(state, jnp.float32), jnp.asarray(actions, jnp.float32)),
+                    np.float64)
+
+
+def wrap(angle):
+  return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+def t_geometry(state):
+  """float64 numpy: signed distance from the agent centre to the T (< 0 inside) and the T's
+  8 world corners (8, 2), from the reference's vertices."""
+  angle = state[4]
+  rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  q = rot.T @ (np.asarray(state[:2], np.float64) - state[2:4])
+  dists = []
+  for box in (np.array(BAR, np.float64), np.array(STEM, np.float64)):
+    d = np.abs(q - box.mean(0)) - (box.max(0) - box.min(0)) / 2
+    dists.append(np.linalg.norm(np.maximum(d, 0)) + min(d.max(), 0))
+  corners = np.concatenate([np.array(BAR), np.array(STEM)]) @ rot.T + state[2:4]
+  return min(dists), corners
+
+
+def push_scenario(rng):
+  """A free-space push (float64 numpy, independent of the env's data policy): the block near the
+  centre, the agent 25 px outside a random point of the T's outline, actions towards that
+  point plus noise."""
+  angle = rng.uniform(0, 2 * np.pi)
+  block = rng.uniform(220, 290, 2)
+  rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  edge = rng.integers(len(push_t.T_OUTLINE))
+  a, b = push_t.T_OUTLINE[edge], push_t.T_OUTLINE[(edge + 1) % len(push_t.T_OUTLINE)]
+  tangent = (b - a) / np.linalg.norm(b - a)
+  outward = np.array([tangent[1], -tangent[0]])
+  point = a + rng.uniform(0.2, 0.8) * (b - a)
+  contact, normal = block + rot @ point, rot @ outward
+  agent = contact + normal * (15 + 10)
+  heading = -normal
+  actions = 0.25 * heading + rng.normal(0, 0.08, (STEPS, 2))
+  return np.array([*agent, *block, angle, 0, 0]), actions
+
+
+def test_registered_and_shapes():
+  assert envs.get('push_t') is ENV
+  state = jnp.array([100, 120, 250, 260, 0.5, 3, -4], jnp.float32)
+  assert ENV.step(state, jnp.zeros(2)).shape == (7,) and ENV.proprio(state).shape == (4,)
+  assert ENV.probe_targets(state).shape == (len(ENV.probe_target_names),)
+  np.testing.assert_array_equal(ENV.proprio(state), np.asarray(state)[[0, 1, 5, 6]])
+  with pytest.raises(ValueError, match='shape'):
+    ENV.step(jnp.zeros(5), jnp.zeros(2))
+
+
+def test_mass_properties_match_pymunk():
+  bar, stem = pymunk.Poly(None, BAR), pymunk.Poly(None, STEM)
+  np.testing.assert_allclose(push_t.T_MOMENT, 2 * pymunk.moment_for_poly(1, BAR))
+  np.testing.assert_allclose(
+      push_t.T_COG, (np.array(bar.center_of_gravity) + np.array(stem.center_of_gravity)) / 2)
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_free_pushes_match_pymunk(seed):
+  """Block pose within 0.5 px and 0.01 rad of pymunk over 10 env steps (100 substeps)."""
+  state, actions = push_scenario(np.random.default_rng(seed))
+  got, want = ours(state, actions), pymunk_rollout(state, actions)
+  moved = np.linalg.norm(want[-1, 2:4] - want[0, 2:4])
+  assert moved > 10, f'scenario {seed} does not push the block (moved {moved:.1f} px)'
+  np.testing.assert_allclose(got[:, :2], want[:, :2], atol=1e-2)   # agent: PD law only
+  np.testing.assert_allclose(got[:, 5:], want[:, 5:], atol=1e-2)
+  np.testing.assert_allclose(got[:, 2:4], want[:, 2:4], atol=0.5)
+  np.testing.assert_allclose(wrap(got[:, 4] - want[:, 4]), 0, atol=1e-2)
+
+
+def test_slide_along_wall_matches_pymunk():
+  """A diagonal push of the T against the bottom wall: it slides (zero friction) and turns."""
+  state = np.array([190, 395, 256, 380, 0.0, 0, 0])          # stem tip 4 px above the wall
+  actions = np.tile([0.3, 0.15], (STEPS, 1))
+  got, want = ours(state, actions), pymunk_rollout(state, actions)
+  assert want[-1, 2] - want[0, 2] > 20
+  np.testing.assert_allclose(got[:, 2:4], want[:, 2:4], atol=1.0)   # measured 0.41 px
+  np.testing.assert_allclose(wrap(got[:, 4] - want[:, 4]), 0, atol=1e-2)
+
+
+def test_centred_push_translates_without_rotation():
+  # Agent below the stem's tip on the symmetry axis (which holds the centre of gravity), pushing up.
+  state = np.array([256, 460, 256, 300, 0.0, 0, 0])
+  got = ours(state, np.tile([0.0, -0.3], (STEPS, 1)))
+  assert got[0, 3] - got[-1, 3] > 30                       # moved up
+  np.testing.assert_allclose(got[:, 2], 256, atol=1e-3)    # no sideways drift
+  np.testing.assert_allclose(wrap(got[:, 4]), 0, atol=1e-4)
+
+
+@pytest.mark.parametrize('side', [1.0, -1.0])
+def test_off_centre_push_rotates_the_right_way(side):
+  # Push the underside of the bar's wing at x = 45 side upwards (force (0, -f)).
+  state = np.array([256 + 45 * side, 360, 256, 300, 0.0, 0, 0])
+  got = ours(state, np.tile([0.0, -0.2], (STEPS, 1)))
+  # Torque about the centre of gravity, float64: r x F with r = contact - cog, F = (0, -1).
+  r = np.array([45 * side, 30 - push_t.T_COG[1]])
+  torque_sign = np.sign(r[0] * -1.0 - r[1] * 0.0)
+  turned = wrap(got[-1, 4] - got[0, 4])
+  assert abs(turned) > 0.05 and np.sign(turned) == torque_sign
+
+
+def test_no_deep_interpenetration_in_free_pushes():
+  """While pushing in free space the disc stays within 3 px of the T's surface (quasi-static)."""
+  rng = np.random.default_rng(7)
+  for _ in range(3):
+    state, actions = push_scenario(rng)
+    got = ours(state, 2 * actions)                             # faster pushes
+    depth = [15 - t_geometry(s)[0] for s in got]
+    assert max(depth) < 3.0, depth
+
+
+def state_with(agent=(100, 100), block=(200, 200), angle=0.0):
+  return jnp.array([*agent, *block, angle, 0, 0], jnp.float32)
+
+
+def test_success_edge_cases():
+  goal = state_with()
+  success = lambda s: bool(ENV.is_success(s, goal))
+  assert success(goal)
+  assert not success(state_with(agent=(112, 100), block=(216, 200)))       # |(12, 16)| = 20
+  assert success(state_with(agent=(111.9, 100), block=(215.9, 200)))
+  assert not success(state_with(block=(220.5, 200)))
+  assert success(state_with(angle=np.pi / 9 - 1e-3))
+  assert not success(state_with(angle=np.pi / 9 + 1e-3))
+  # Angle wrapping: 0.05 vs 2 pi - 0.05 differ by 0.1 rad.
+  assert bool(ENV.is_success(state_with(angle=0.05), state_with(angle=2 * np.pi - 0.05)))
+  np.testing.assert_allclose(ENV.distance(state_with(agent=(103, 104)), goal), 5.0, rtol=1e-6)
+  # The agent velocity plays no part.
+  moving = jnp.asarray(goal).at[5:].set(50.0)
+  assert success(moving) and float(ENV.distance(moving, goal)) == 0.0
+
+
+def test_oracle_cost_orders_by_error():
+  goal = state_with()
+  cost = lambda s: float(ENV.oracle_cost(s, goal))
+  assert cost(goal) == 0.0
+  assert cost(state_with(block=(210, 200))) < cost(state_with(block=(230, 200)))
+  assert cost(state_with(angle=0.1)) < cost(state_with(angle=0.5))
+  np.testing.assert_allclose(cost(state_with(angle=2 * np.pi - 0.1)), cost(state_with(angle=0.1)),
+                             rtol=1e-4)
+
+
+def reference_canvas(state):
+  """The reference's drawing with pygame (its DrawOptions re-derived): goal, block, agent, walls."""
+  os.environ.setdefault('SDL_VIDEODRIVER', 'dummy')
+  pygame = pytest.importorskip('pygame')
+  space, agent, block = pymunk_scene(state)
+  space.step(0.01)  # as the reference's reset: updates the shapes' poses
+  light = lambda c: tuple(int(min(1.2 * x, 255)) for x in c[:3])
+  rnd = lambda p: (round(p[0]), round(p[1]))
+  canvas = pygame.Surface((512, 512))
+  canvas.fill((255, 255, 255))
+
+  def fat_segment(a, b, radius, colour):
+    p1, p2 = rnd(a), rnd(b)
+    pygame.draw.lines(canvas, colour, False, [p1, p2], round(max(1, radius * 2)))
+    o = [abs(p2[1] - p1[1]), abs(p2[0] - p1[0])]
+    scale = radius / (o[0] ** 2 + o[1] ** 2) ** 0.5
+    o = [round(o[0] * scale), round(o[1] * scale)]
+    pygame.draw.polygon(canvas, colour, [(p1[0] - o[0], p1[1] - o[1]), (p1[0] + o[0], p1[1] + o[1]),
+                                         (p2[0] + o[0], p2[1] + o[1]), (p2[0] - o[0], p2[1] - o[1])])
+    pygame.draw.circle(canvas, colour, p1, round(radius))
+    pygame.draw.circle(canvas, colour, p2, round(radius))
+
+  gx, gy, ga = push_t.GOAL_POSE
+  for shape in block.shapes:
+    pts = [rnd((gx + math.cos(ga) * x - math.sin(ga) * y, gy + math.sin(ga) * x + math.cos(ga) * y))
+           for x, y in shape.get_vertices()]
+    pygame.draw.polygon(canvas, pygame.Color('LightGreen'), pts + pts[:1])
+  slate = tuple(pygame.Color('LightSlateGray'))[:3]
+  for shape in block.shapes:
+    verts = [block.local_to_world(v) for v in shape.get_vertices()]
+    pygame.draw.polygon(canvas, light(slate), [rnd(v) for v in verts + verts[:1]])
+    for i in range(len(verts)):
+      fat_segment(verts[i], verts[(i + 1) % len(verts)], 2, slate)
+  blue = tuple(pygame.Color('RoyalBlue'))[:3]
+  pygame.draw.circle(canvas, blue, rnd(agent.position), 15)
+  pygame.draw.circle(canvas, light(blue), rnd(agent.position), 11)
+  for shape in space.shapes:
+    if isinstance(shape, pymunk.Segment):
+      fat_segment(shape.a, shape.b, 2, tuple(pygame.Color('LightGray'))[:3])
+  return np.transpose(pygame.surfarray.array3d(canvas), (1, 0, 2))
+
+
+def test_render_matches_pygame_drawing():
+  state = np.array([200, 150, 300, 330, 0.7, 0, 0])
+  want = reference_canvas(state)
+  got = np.asarray(jax.jit(ENV.render, static_argnums=1)(jnp.asarray(state, jnp.float32), 512))
+  assert got.shape == (512, 512, 3) and got.dtype == np.uint8
+  same = np.all(got == want, -1)
+  assert same.mean() > 0.99, same.mean()                  # differences: edge pixels only
+  # Resized frames: ours rasterises the 2 x 2 source taps directly; it must equal resizing the
+  # full canvas (bilinear, half-pixel centres, no antialiasing: OpenCV's INTER_LINEAR).
+  small = np.asarray(ENV.render(jnp.asarray(state, jnp.float32), 224), np.float64)
+  resized = jax.image.resize(jnp.asarray(got, jnp.float32), (224, 224, 3), 'bilinear',
+                             antialias=False)
+  np.testing.assert_allclose(small, np.asarray(resized), atol=1.0)
+
+
+def test_random_state_and_goals():
+  keys = jax.random.split(jax.random.PRNGKey(3), 8)
+  for start in np.asarray(jax.jit(jax.vmap(ENV.random_state))(keys), np.float64):
+    clearance, corners = t_geometry(start)
+    assert clearance > 15                                   # the agent does not touch the T
+    assert corners.min() > 7 and corners.max() < 504       # the T is inside the walls
+    np.testing.assert_array_equal(start[5:], 0)
+  starts, goals = (np.asarray(x) for x in start_goal(keys))
+  block_moved = np.linalg.norm(goals[:, 2:4] - starts[:, 2:4], axis=1) > 5
+  assert block_moved.mean() > 0.5                          # most goals need the block moved
+  assert not np.allclose(starts, np.asarray(jax.vmap(ENV.random_state)(keys)))  # segment starts
+
+
+@pytest.mark.slow
+def test_oracle_cem_beats_doing_nothing():
+  """Small in-test budget; the full measurement (300 x 30) is in the report."""
+  agent = oracle_agent(ENV)
+  config = cem.CEMConfig(num_samples=128, num_iters=6, num_elites=10, horizon=6)
+  starts, goals = start_goal(jax.random.split(jax.random.PRNGKey(3), 8))
+
+  def episode(start, goal, key):
+    plan, _ = cem.cem_plan(lambda s, g, a: agent.cost_fn(None, s, g, a), start, goal,
+                           agent.action_dim, key, config)
+    final = ENV.rollout(start, agent.to_env_actions(plan))[-1]
+    return ENV.oracle_cost(final, goal), ENV.oracle_cost(start, goal)
+
+  planned, idle = jax.jit(jax.vmap(episode))(starts[:2], goals[:2], jax.random.split(
+      jax.random.PRNGKey(5), 2))
+  assert np.all(np.asarray(planned) < 0.5 * np.asarray(idle)), (planned, idle)

@@ -3,7 +3,7 @@ r"""Planning throughput: jepa_jax's jitted CEM against a PyTorch baseline, same 
   python -m experiments.bench_planning --presets=small,medium,paper_cpu --out=/tmp/bench.json
   python -m experiments.bench_planning --presets=paper_gpu            # on a GPU (bf16, 300 x 30)
   python -m experiments.bench_planning --presets=paper_cpu --samples=16 --episodes=1,2,4,8
-  python -m experiments.bench_planning --grid=8,8 --latent_dim=192 --depth=6 --heads=16 \
+  python -m experiments.bench_planning --grid=8,8 --latent_width=192 --depth=6 --heads=16 \
       --samples=300 --iters=2 --horizon=6
 
 Presets (jepa_jax/planning/benchmark.py PRESETS): small = 4x4x64 depth 2, 4 heads, 3 iterations;
@@ -17,7 +17,6 @@ See the library docstring (jepa_jax/planning/benchmark.py) for what every column
 """
 
 import dataclasses
-import json
 import os
 
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
@@ -25,15 +24,16 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                              + ' --xla_force_host_platform_device_count=8').strip()
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
 
+from experiments import cli
+from jepa_jax import outputs
 from jepa_jax.planning import benchmark
 
 _PRESETS = flags.DEFINE_list('presets', ['small'],
                              f'Benchmarks to run, from {sorted(benchmark.PRESETS)}.')
 _GRID = flags.DEFINE_list('grid', None, 'Override: patch grid H,W.')
-_LATENT_DIM = flags.DEFINE_integer('latent_dim', None, 'Override: latent channels Dv.')
+_LATENT_DIM = flags.DEFINE_integer('latent_width', None, 'Override: latent channels Dv.')
 _DEPTH = flags.DEFINE_integer('depth', None, 'Override: predictor depth.')
 _HEADS = flags.DEFINE_integer('heads', None, 'Override: attention heads.')
 _PROPRIO = flags.DEFINE_integer('proprio_emb_dim', None,
@@ -71,20 +71,16 @@ _OVERRIDES = dict(grid=_GRID, latent_dim=_LATENT_DIM, depth=_DEPTH, heads=_HEADS
 def specs_from_flags() -> list:
   unknown = sorted(set(_PRESETS.value) - set(benchmark.PRESETS))
   if unknown:
-    raise app.UsageError(f'unknown --presets {unknown}; choose from {sorted(benchmark.PRESETS)}')
+    raise ValueError(f'unknown --presets {unknown}; choose from {sorted(benchmark.PRESETS)}')
   overrides = {k: f.value for k, f in _OVERRIDES.items() if f.value is not None}
   for key in ('grid', 'episodes'):
     if key in overrides:
       overrides[key] = tuple(int(v) for v in overrides[key])
-  try:
-    return [dataclasses.replace(benchmark.PRESETS[p], **overrides) for p in _PRESETS.value]
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  return [dataclasses.replace(benchmark.PRESETS[p], **overrides) for p in _PRESETS.value]
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv
   specs = specs_from_flags()
   log = lambda s: print(s, flush=True)
   dtype = specs[0].dtype
@@ -110,9 +106,8 @@ def main(argv):
       row['torch_peak_share'] = row['torch_gflop_per_s'] / peaks['best']
   log(benchmark.format_report(results))
   if _OUT.value:
-    with open(_OUT.value, 'w') as f:
-      json.dump(dict(results=results), f, indent=2)
+    outputs.write_json(_OUT.value, dict(results=results))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -24,8 +24,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  train.as_pretrain_config(FLAGS.config.pretrain)  # a bad setting fails before any work
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='pretrain')
-  train.as_pretrain_config(FLAGS.config.pretrain)
   with outputs.WorkdirLock(workdir):
     summary = train.train(FLAGS.config, workdir, FLAGS.data_dir or layout.sibling(workdir, 'data'))
   console.result('stage 1', f"probe error {summary['probe_error_px']:.3g} (random init "

@@ -25,8 +25,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  train.as_world_model_config(FLAGS.config.world_model)  # a bad setting fails before any work
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='world_model')
-  train.as_world_model_config(FLAGS.config.world_model)
   with outputs.WorkdirLock(workdir):
     summary = train.train(
         FLAGS.config, workdir, data_dir=FLAGS.data_dir or layout.sibling(workdir, 'data'),

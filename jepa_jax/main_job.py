@@ -125,6 +125,7 @@ def _run_stage(stage_dir: str, stage: str, settings: dict, run: Callable[[], dic
   result = run()
   done = {'result': result, 'seconds': time.perf_counter() - start, 'settings': settings}
   outputs.write_json(marker, done)
+  console.result(label, f"done in {done['seconds']:.0f} s ({stage_dir})")
   return done
 
 

@@ -16,10 +16,13 @@ import pytest
 
 from jepa_jax import checkpoint, outputs
 
-pytestmark = pytest.mark.slow  # 9 subprocesses, each importing JAX: ~30 s of CPU
+pytestmark = pytest.mark.slow  # 17 subprocesses, each importing JAX: ~60 s of CPU
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = 'experiments.convert_checkpoint'
+PLAN = 'experiments.plan'
+PIPELINE = 'experiments.run_pipeline'
+SMOKE = '--config=experiments/configs/wall.py:smoke'
 _ADALN = ['--kind=adaln', '--num_heads=2', '--grid_size=3,4']
 
 CASES = [
@@ -50,6 +53,26 @@ CASES = [
     ('convert_bad_grid', CONVERT,
      ['--kind=adaln', '--grid_size=3,x', '--input={tmp}/in.pth', '--output={tmp}/out'],
      '--grid_size=3,x must be two integers H,W'),
+    ('unknown_config_key', PLAN, [SMOKE, '--config.foo.bar=1', '--workdir={tmp}/planning'],
+     'unknown config key'),
+    ('plan_positional_argument', PLAN, [SMOKE, '--workdir={tmp}/planning', 'num_steps=40'],
+     "unexpected arguments ['num_steps=40']"),
+    ('plan_onto_a_file', PLAN, [SMOKE, '--oracle', '--workdir={tmp}/user/notes.txt'],
+     'is a file, not a folder'),
+    ('plan_into_a_user_folder', PLAN, [SMOKE, '--oracle', '--workdir={tmp}/user'],
+     'already holds files not written by jepa_jax'),
+    ('plan_without_a_world_model', PLAN, [SMOKE, '--workdir={tmp}/job/planning'],
+     'no exported world model'),
+    # Settings of a later stage are checked before the first stage starts.
+    ('pipeline_bad_planner_budget', PIPELINE,
+     ['--config=experiments/configs/wall.py:paper_vjepa', '--config.planning.num_samples=8',
+      '--workdir={tmp}/job'], 'num_elites=10 must be in [2, num_samples=8]'),
+    ('pipeline_paper_without_encoder', PIPELINE,
+     ['--config=experiments/configs/wall.py:paper', '--workdir={tmp}/job'],
+     '--config.encoder_export=DIR'),
+    ('pretrain_end_to_end_objective', 'experiments.pretrain',
+     [SMOKE, '--config.pretrain.objective=lewm', '--workdir={tmp}/job/pretrain'],
+     'not a stage-1 objective'),
 ]
 
 _EARLIER = {'w': np.arange(3, dtype=np.float32)}
@@ -102,3 +125,11 @@ def test_one_line_error_and_nothing_lost(case, results):
   assert lines[0].startswith('error: ') and case[3] in lines[0], lines[0]
   assert done.stdout == ''
   _after(tmp)
+
+
+def test_help_lists_variants_and_keys_and_exits_0():
+  done = subprocess.run([sys.executable, '-m', PLAN, '--help'], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert done.returncode == 0, done.stderr
+  assert 'Variants: smoke, tiny, paper, paper_vjepa' in done.stdout
+  assert 'point_maze.py' in done.stdout and 'planning.num_samples' in done.stdout

@@ -38,6 +38,7 @@ def small_config():
   config.planning.update(num_episodes=3, num_samples=8, num_iters=2, num_elites=2, num_gifs=1,
                          latency_repeats=1)
   config.planning_extra.mpc = dict(num_execute=3)
+  config.planning_extra.pixels_only = dict(objective_proprio_weight=0.0)
   return config
 
 

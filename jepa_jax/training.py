@@ -454,6 +454,11 @@ def run_stage(stage: Stage, config: Any, workdir: str) -> StageResult:
       max_to_keep=stage.max_to_keep, config=to_config() if to_config else config)
   try:
     check_resumable(stage, checkpointer.restore_config(), config, checkpointer.directory)
+    latest = checkpointer.latest_step()
+    if latest is not None and latest > stage.num_steps:
+      raise ValueError(f'{stage.name}: {checkpointer.directory} already holds step {latest}, '
+                       f'past {stage.name}.num_steps={stage.num_steps}; use a new --workdir, '
+                       f'or num_steps >= {latest} to continue')
   except ValueError:
     checkpointer.close()
     raise

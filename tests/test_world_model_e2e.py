@@ -66,6 +66,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(setup):
   changed.world_model.update(num_steps=6, lr=0.5)
   with pytest.raises(ValueError, match=r"world_model\.lr: 0\.001 -> 0\.5.*new --workdir"):
     train.train(changed, str(root / 'straight'), str(root / 'data'), str(root / 'encoder'))
+  # Nor is a finished run silently "shortened": its export would be the longer-trained model.
+  shorter = config.copy_and_resolve_references()
+  shorter.world_model.num_steps = 2
+  with pytest.raises(ValueError, match=r'already holds step 4, past world_model\.num_steps=2'):
+    train.train(shorter, str(root / 'straight'), str(root / 'data'), str(root / 'encoder'))
 
   # summary.json: per-step errors and means, model and constant baseline side by side.
   with open(root / 'straight' / 'summary.json') as f:

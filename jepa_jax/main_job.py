@@ -30,6 +30,7 @@ from jepa_jax.data import trajectories
 from jepa_jax.lewm import train as lewm_train
 from jepa_jax.planning import confidence
 from jepa_jax.planning import run as planning_run
+from jepa_jax.planning.config import as_planning_config
 from jepa_jax.pretrain import train as pretrain_train
 from jepa_jax.world_model import train as world_model_train
 
@@ -80,6 +81,11 @@ def check_config(config) -> None:
     pretrain_train.as_pretrain_config(config.pretrain)
   world_model_train.as_world_model_config(config.world_model)
   planning_run.planning_rows(config)
+  for _, overrides in ABLATION_ROWS.values():
+    as_planning_config(config.planning, **overrides)
+  if config.ablation_protocol != 'main' and config.ablation_protocol not in config.planning_extra:
+    raise ValueError(f'ablation_protocol={config.ablation_protocol!r} must be \'main\' or a row of '
+                     f'planning_extra ({", ".join(config.planning_extra) or "none"})')
 
 
 def is_end_to_end(config) -> bool:
@@ -198,8 +204,11 @@ def _run_locked(config, workdir: str, overwrite: bool, ablation: bool = False) -
   if ablation:
     table = run_ablation(config, workdir, dirs['data'], overwrite)
     summary['ablation'] = table
+    # The random-encoder counterpart of `pixels_only_success_rate`: the same model kind
+    # (the job's, scored on its visual latents) on the random-init encoder.
+    pixels_row = 'visual_cost_only' if uses_proprio(config) else 'pixels_only'
     summary['pixels_only_success_rate_random_encoder'] = (
-        table['rows']['visual_cost_only/random_encoder']['success_rate'])
+        table['rows'][f'{pixels_row}/random_encoder']['success_rate'])
   outputs.write_json(os.path.join(workdir, 'summary.json'), summary)
   print(format_summary(summary), flush=True)
   return summary
@@ -222,37 +231,26 @@ def run_ablation(config, workdir: str, data_dir: str, overwrite: bool) -> dict:
   random-init encoder of the same architecture, on the main job's episodes and protocol
   (`config.ablation_protocol`: 'main' or a row of `planning_extra`); writes ablation.json.
 
-  Stage-2 models trained here live in `workdir/ablation/<encoder>/<world model>/`, each a
-  resumable stage like the main job's.
+  Two-stage jobs train stage-2 models on stage 1's encoder and on its random init; LeWM jobs
+  train LeWM with the encoder learning and with it held at its random init
+  (`lewm.train_encoder=False`). The proprio models embed proprio with the job's width, or
+  `world_model.proprio_emb_dim` when the job's LeWM reads none. Models trained here live in
+  `workdir/ablation/<encoder>/<world model>/`, each a resumable stage like the main job's.
   """
-  if is_end_to_end(config) or config.encoder_source != 'pretrain':
-    raise ValueError('--ablation compares encoders trained by stage 1 (pretrain.objective vjepa '
-                     'or vjepa_sigreg) with their random init; this config has none')
+  if config.encoder_source != 'pretrain':
+    raise ValueError('--ablation compares trained encoders with their random init; this config '
+                     'plans on a frozen converted encoder (encoder_source=export)')
   root = os.path.join(workdir, 'ablation')
-  protocol = config.get('ablation_protocol', 'main')
+  protocol = config.ablation_protocol
   base_planning = dict(config.planning)
   if protocol != 'main':
     base_planning.update(config.planning_extra[protocol])
-  encoders = {'trained': os.path.join(workdir, layout.ENCODER_EXPORT),
-              'random_encoder': os.path.join(root, 'random_encoder', 'encoder')}
   start = time.perf_counter()
-  if not os.path.isdir(encoders['random_encoder']):
-    pretrain_train.export_random_encoder(config, encoders['random_encoder'])
   rows = {}
-  for encoder_name, encoder_path in encoders.items():
-    models = {}
-    for model_name, proprio_dim in (('proprio', config.world_model.proprio_emb_dim),
-                                    ('no_proprio', 0)):
-      if encoder_name == 'trained' and model_name == 'proprio':
-        models[model_name] = os.path.join(workdir, layout.WORLD_MODEL_EXPORT)
-        continue
-      model_config = config.copy_and_resolve_references()
-      model_config.world_model.proprio_emb_dim = proprio_dim
-      stage_dir = os.path.join(root, encoder_name, model_name)
-      settings = {**stage_settings(model_config, 'world_model'), 'encoder_path': encoder_path}
-      _run_stage(stage_dir, 'world_model', settings, lambda: world_model_train.train(
-          model_config, stage_dir, data_dir, encoder_path), overwrite)
-      models[model_name] = os.path.join(stage_dir, 'model')
+  for encoder_name in ('trained', 'random_encoder'):
+    models = {name: _ablation_world_model(config, workdir, data_dir, encoder_name, name,
+                                          overwrite)
+              for name in ('proprio', 'no_proprio')}
     for row, (model_name, overrides) in ABLATION_ROWS.items():
       row_config = config.copy_and_resolve_references()
       row_config.planning = {**base_planning, **overrides, 'num_gifs': 0}
@@ -264,17 +262,47 @@ def run_ablation(config, workdir: str, data_dir: str, overwrite: bool) -> dict:
       rows[f'{row}/{encoder_name}'] = dict(
           success_rate=result['success_rate'], success_ci=result['success_ci'],
           mean_final_distance=result['mean_final_distance'], world_model=models[model_name])
-  table = dict(protocol=protocol, episodes=config.planning.num_episodes, rows=rows,
+  table = dict(protocol=protocol, episodes=config.planning.num_episodes,
+               objective=config.pretrain.objective, rows=rows,
                seconds=time.perf_counter() - start)
   outputs.write_json(os.path.join(workdir, 'ablation.json'), table)
   print(format_ablation(table), flush=True)
   return table
 
 
+def _ablation_world_model(config, workdir: str, data_dir: str, encoder_name: str,
+                          model_name: str, overwrite: bool) -> str:
+  """The world-model export of one ablation cell ('trained' / 'random_encoder' x 'proprio' /
+  'no_proprio'): the main job's own where it is that cell, else trained here."""
+  end_to_end = is_end_to_end(config)
+  section = 'lewm' if end_to_end else 'world_model'
+  main_dim = config[section].proprio_emb_dim
+  proprio_dim = (main_dim or config.world_model.proprio_emb_dim) if model_name == 'proprio' else 0
+  if encoder_name == 'trained' and proprio_dim == main_dim:
+    return os.path.join(workdir, layout.WORLD_MODEL_EXPORT)
+  model_config = config.copy_and_resolve_references()
+  model_config[section].proprio_emb_dim = proprio_dim
+  stage_dir = os.path.join(workdir, 'ablation', encoder_name, model_name)
+  if end_to_end:
+    model_config.lewm.train_encoder = encoder_name == 'trained'
+    settings = stage_settings(model_config, 'world_model')
+    train = lambda: lewm_train.train(model_config, stage_dir, data_dir)
+  else:
+    encoder_path = os.path.join(workdir, layout.ENCODER_EXPORT)
+    if encoder_name == 'random_encoder':
+      encoder_path = os.path.join(workdir, 'ablation', 'random_encoder', 'encoder')
+      if not os.path.isdir(encoder_path):
+        pretrain_train.export_random_encoder(config, encoder_path)
+    settings = {**stage_settings(model_config, 'world_model'), 'encoder_path': encoder_path}
+    train = lambda: world_model_train.train(model_config, stage_dir, data_dir, encoder_path)
+  _run_stage(stage_dir, 'world_model', settings, train, overwrite)
+  return os.path.join(stage_dir, 'model')
+
+
 def format_ablation(table: dict) -> str:
   """The ablation table: one line per row, trained vs random-init encoder side by side."""
-  lines = ['', f"ablation ({table['episodes']} episodes, protocol {table['protocol']}; success "
-           'with 95 % interval, mean final distance)',
+  lines = ['', f"ablation ({table['objective']}, {table['episodes']} episodes, protocol "
+           f"{table['protocol']}; success with 95 % interval, mean final distance)",
            f"{'row':<20} {'trained encoder':<34} random-init encoder"]
   for row in ABLATION_ROWS:
     cells = []

@@ -397,6 +397,24 @@ def per_host_batch_size(global_batch: int, mesh: jax.sharding.Mesh, what: str) -
   return global_batch // processes
 
 
+def partition_rules(config: Any) -> list[tuple]:
+  """The config's partition rules as `(regex, spec entries)` tuples."""
+  return [tuple(rule) for rule in config.partition_rules]
+
+
+def init_sharded(init_fn: Callable[[jax.Array], Any], seed: int, mesh: jax.sharding.Mesh,
+                 rules: list[tuple]) -> tuple[Any, Any]:
+  """`init_fn(PRNGKey(seed))` evaluated by one jit straight into the layout the partition
+  `rules` give on `mesh` (shapes from `eval_shape`, so no full copy ever lands on one device).
+
+  Returns:
+    `(state, state_shardings)`.
+  """
+  key = jax.random.PRNGKey(seed)
+  state_shardings = sharding.param_shardings(jax.eval_shape(init_fn, key), mesh, rules)
+  return jax.jit(init_fn, out_shardings=state_shardings)(key), state_shardings
+
+
 def jit_step(step_fn: Callable, state_shardings: Any, frozen_shardings: tuple,
              mesh: jax.sharding.Mesh) -> Callable:
   """`step_fn(state, *frozen, batch)` jitted for `mesh`: the state laid out by
@@ -408,9 +426,12 @@ def jit_step(step_fn: Callable, state_shardings: Any, frozen_shardings: tuple,
 
 
 # Settings of a stage's own section that a resumed run may change: they do not change what
-# the steps compute (num_steps extends or shortens the run; a schedule then follows it).
+# the steps compute (num_steps extends or shortens the run; a schedule then follows it), only
+# logging, saving and the measures taken beside and after training.
 RESUMABLE_CHANGES = ('num_steps', 'log_every', 'checkpoint_every', 'max_to_keep', 'eval_every',
-                     'eval_horizon', 'eval_batch_size', 'eval_num_batches')
+                     'eval_horizon', 'eval_batch_size', 'eval_num_batches', 'geometry_every',
+                     'geometry_frames', 'probe_train_trajectories', 'probe_val_trajectories',
+                     'probe_batch_size')
 
 
 def check_resumable(stage: Stage, stored: Any, config: Any, directory: str) -> None:
@@ -437,11 +458,9 @@ def run_stage(stage: Stage, config: Any, workdir: str) -> StageResult:
   A checkpoint written with other settings is never resumed (`check_resumable`).
   """
   mesh = sharding.make_mesh(dict(config.mesh))
-  rules = [tuple(rule) for rule in config.partition_rules]
+  rules = partition_rules(config)
   per_host = per_host_batch_size(stage.batch_size, mesh, f'{stage.name}.batch_size')
-  key = jax.random.PRNGKey(int(config.seed))
-  state_shardings = sharding.param_shardings(jax.eval_shape(stage.init_fn, key), mesh, rules)
-  state = jax.jit(stage.init_fn, out_shardings=state_shardings)(key)
+  state, state_shardings = init_sharded(stage.init_fn, int(config.seed), mesh, rules)
   frozen_shardings = tuple(sharding.param_shardings(f, mesh, rules) for f in stage.frozen)
   frozen = tuple(jax.device_put(f, s) for f, s in zip(stage.frozen, frozen_shardings))
   step = jit_step(stage.step_fn, state_shardings, frozen_shardings, mesh)

@@ -16,7 +16,7 @@ import pytest
 
 from jepa_jax import checkpoint, outputs
 
-pytestmark = pytest.mark.slow  # 17 subprocesses, each importing JAX: ~60 s of CPU
+pytestmark = pytest.mark.slow  # 18 subprocesses, each importing JAX: ~60 s of CPU
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = 'experiments.convert_checkpoint'
@@ -70,6 +70,9 @@ CASES = [
     ('pipeline_paper_without_encoder', PIPELINE,
      ['--config=experiments/configs/wall.py:paper', '--workdir={tmp}/job'],
      '--config.encoder_export=DIR'),
+    ('pipeline_unknown_ablation_protocol', PIPELINE,
+     [SMOKE, '--config.ablation_protocol=mcp', '--ablation', '--workdir={tmp}/job'],
+     "ablation_protocol='mcp' must be 'main' or a row of planning_extra"),
     ('pretrain_end_to_end_objective', 'experiments.pretrain',
      [SMOKE, '--config.pretrain.objective=lewm', '--workdir={tmp}/job/pretrain'],
      'not a stage-1 objective'),

@@ -203,6 +203,27 @@ def test_frame_causality(kind):
     assert np.abs(np.asarray(vis2[:, t + 1] - vis[:, t + 1])).max() > 1e-3
 
 
+def test_adaln_incremental_window_equals_the_whole_window():
+  # frames 0..1 fed first (returning their keys/values), frame 2 fed alone at position 2
+  # attending to them: the same outputs as the 3-frame window in one call.
+  module, params, (z, a, pe), apply = _setup('adaln')
+  vis, prop = apply(params, z, a, pe)
+  run = jax.jit(functools.partial(module.apply, {'params': params}),
+                static_argnames=('first_frame', 'return_kv_cache'))
+  head_vis, head_prop, cache = run(z[:, :2], a[:, :2], pe[:, :2], return_kv_cache=True)
+  tail_vis, tail_prop = run(z[:, 2:], a[:, 2:], pe[:, 2:], first_frame=2, kv_cache=cache)
+  k, v = cache
+  assert k.shape == v.shape == (2, 2, 4, 2 * 16, 28)  # (depth, B, heads, 2 frames x 16, hd)
+  np.testing.assert_allclose(head_vis, vis[:, :2], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(tail_vis, vis[:, 2:], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(tail_prop, prop[:, 2:], rtol=1e-5, atol=1e-5)
+  # the cache matters: a wrong one changes the output
+  wrong = run(z[:, 2:], a[:, 2:], pe[:, 2:], first_frame=2, kv_cache=(k + 1.0, v))[0]
+  assert np.abs(np.asarray(wrong - tail_vis)).max() > 1e-3
+  with pytest.raises(ValueError, match='kv_cache'):
+    run(z[:, 2:], a[:, 2:], pe[:, 2:], first_frame=2)
+
+
 def test_adaln_zero_blocks_are_identity_at_init():
   block = layers.AdaLNBlock(num_heads=4, mlp_dim=64, modulation_std=0.0)
   x = jax.random.normal(jax.random.key(4), (2, 3 * 5, 32))

@@ -1,5 +1,6 @@
 """End-to-end: the main job on the `smoke` config completes, resumes, refuses a changed setting,
-reruns only what changed, and plans better than a random policy on the same Wall episodes."""
+reruns only what changed, plans better than a random policy on the same Wall episodes, and
+runs its pixels / proprio x trained / random-encoder ablation."""
 
 import json
 import os
@@ -52,6 +53,20 @@ def test_smoke_pipeline_completes_resumes_and_checks_settings(tmp_path):
   assert rerun['episodes'] == 2
   assert rerun['stage_seconds']['world_model'] == summary['stage_seconds']['world_model']
   assert os.path.isdir(tmp_path / 'planning.replaced-1')
+  # The ablation on the same job (2 episodes): LeWM with and without proprio, with the encoder
+  # learning and held at its random init; the job's own model is reused, not retrained.
+  ablated = main_job.run_job(changed, str(tmp_path), ablation=True)
+  table = ablated['ablation']
+  assert sorted(table['rows']) == sorted(f'{row}/{encoder}' for row in main_job.ABLATION_ROWS
+                                         for encoder in ('trained', 'random_encoder'))
+  assert table['rows']['pixels_only/trained']['world_model'] == str(
+      tmp_path / layout.WORLD_MODEL_EXPORT)
+  for row in table['rows'].values():
+    assert row['success_ci']['low'] <= row['success_rate'] <= row['success_ci']['high']
+  assert ablated['pixels_only_success_rate_random_encoder'] == (
+      table['rows']['pixels_only/random_encoder']['success_rate'])
+  with open(tmp_path / 'ablation' / 'random_encoder' / 'no_proprio' / 'stage_done.json') as f:
+    assert json.load(f)['settings']['lewm']['train_encoder'] is False
   # A bad setting of a later stage fails before the first stage starts.
   bad = config.copy_and_resolve_references()
   bad.planning.num_samples = 4

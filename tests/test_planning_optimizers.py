@@ -1,5 +1,7 @@
 """Planners (CEM, MPPI, GD, Adam) and objectives against float64 numpy re-derivations."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -343,6 +345,11 @@ def test_objectives_match_numpy(distance, final_only):
   np.testing.assert_allclose(got, vis + 0.1 * pro, rtol=1e-5)
   no_proprio = objectives.latent_cost(jnp.asarray(pred), jnp.asarray(goal), config=cfg)
   np.testing.assert_allclose(no_proprio, vis, rtol=1e-5)
+  # The ablation's proprio-only row: the visual term weighted out.
+  proprio_only = objectives.latent_cost(
+      jnp.asarray(pred), jnp.asarray(goal), jnp.asarray(pp), jnp.asarray(gp),
+      dataclasses.replace(cfg, visual_weight=0.0, proprio_weight=1.0))
+  np.testing.assert_allclose(proprio_only, pro, rtol=1e-5)
 
 
 def test_objective_shape_errors():
@@ -350,6 +357,8 @@ def test_objective_shape_errors():
     objectives.sequence_distance(jnp.zeros((2, 3, 4)), jnp.zeros((5,)))
   with pytest.raises(ValueError, match='distance'):
     objectives.ObjectiveConfig(distance='huber')
+  with pytest.raises(ValueError, match='weights'):
+    objectives.ObjectiveConfig(visual_weight=-1.0)
 
 
 def test_no_retrace_after_warmup(problem):

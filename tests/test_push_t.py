@@ -288,6 +288,20 @@ def test_random_state_and_goals():
   assert not np.allclose(starts, np.asarray(jax.vmap(ENV.random_state)(keys)))  # segment starts
 
 
+
+def test_data_policy_moves_the_block_at_the_reference_speed():
+  """The reference dataset's precomputed statistics (pusht_dset.py): action std 0.20 per axis,
+  agent velocity std 75 px/s. Most steps move or rotate the block."""
+  keys = jax.random.split(jax.random.PRNGKey(11), 16)
+  actions, states = (np.asarray(x, np.float64) for x in
+                     jax.jit(jax.vmap(lambda k: ENV.collect_trajectory(k, 60)))(keys))
+  assert np.all((actions.reshape(-1, 2).std(0) > 0.14) & (actions.reshape(-1, 2).std(0) < 0.3))
+  velocity_std = states[..., 5:7].reshape(-1, 2).std(0)
+  assert np.all((velocity_std > 50) & (velocity_std < 110)), velocity_std
+  moved = np.linalg.norm(np.diff(states[..., 2:4], axis=1), axis=-1) > 0.5
+  rotated = np.abs(wrap(np.diff(states[..., 4], axis=1))) > np.radians(0.5)
+  assert (moved | rotated).mean() > 0.45
+
 @pytest.mark.slow
 def test_oracle_cem_beats_doing_nothing():
   """Small in-test budget; the full measurement (300 x 30) is in the report."""

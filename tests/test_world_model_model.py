@@ -1,6 +1,7 @@
 """WorldModel pure functions: sliding-window unroll, env actions, encode, export round trip."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -195,6 +196,52 @@ def test_unroll_first_step_is_single_frame_prediction():
                           jnp.stack([pe0_patches, pe1[:, 0]], 1))
   np.testing.assert_allclose(zs[:, 1], z2[:, 1], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(pes[:, 1], pe2[:, 1], rtol=1e-4, atol=1e-5)
+
+
+def list_unroll(model, params, z0, pe0, actions):
+  """REFERENCE §5 written out: every step feeds its whole window (the last 2 frames, true or
+  predicted, positions from 0; pe0 repeated over the patches) to `model.predict` and keeps
+  the newest output."""
+  zs, pes = [z0], [pe0]
+  predict = jax.jit(functools.partial(model.predict, params))  # compiles per window length
+  for h in range(actions.shape[1]):
+    window_pe = None
+    if pe0 is not None:
+      last = pes[-2:]
+      if len(last) == 2 and last[0].ndim != last[1].ndim:  # per-frame pe0, per-patch pe1
+        last[0] = jnp.broadcast_to(last[0][:, None, None], last[1].shape)
+      window_pe = jnp.stack(last, 1)
+    z, pe = predict(jnp.stack(zs[-2:], 1), actions[:, max(0, h - 1):h + 1], window_pe)
+    zs.append(z[:, -1])
+    pes.append(None if pe is None else pe[:, -1])
+  return jnp.stack(zs[1:], 1), None if pe0 is None else jnp.stack(pes[1:], 1)
+
+
+@pytest.mark.parametrize('horizon,residual,proprio', [(4, False, 4), (3, True, 0)])
+def test_cached_unroll_equals_the_full_window_every_step(horizon, residual, proprio):
+  # WorldModel.unroll of the AdaLN predictor reuses step 0's keys/values in step 1
+  # (cached_window_unroll); the result must be the window-by-window one.
+  model, params = tiny_model(proprio_emb_dim=proprio)
+  model = dataclasses.replace(model, residual=residual)
+  assert model_lib.supports_kv_cache(model.predictor)
+  keys = jax.random.split(jax.random.PRNGKey(horizon), 4)
+  leaves, tree = jax.tree.flatten(params['predictor'])  # weights large enough to matter
+  noise = jax.random.split(keys[0], len(leaves))
+  params = dict(params, predictor=jax.tree.unflatten(
+      tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, noise)]))
+  z0 = jax.random.normal(keys[1], (2, 2, 2, 16))
+  pe0 = jax.random.normal(keys[2], (2, proprio)) if proprio else None
+  actions = jax.random.normal(keys[3], (2, horizon, 6))
+  zs, pes = jax.jit(model.unroll)(params, z0, pe0, actions)
+  want_z, want_pe = list_unroll(model, params, z0, pe0, actions)
+  assert zs.shape == (2, horizon, 2, 2, 16)
+  np.testing.assert_allclose(zs, want_z, rtol=1e-4, atol=1e-5)
+  if proprio:
+    np.testing.assert_allclose(pes, want_pe, rtol=1e-4, atol=1e-5)
+  else:
+    assert pes is None
+  if horizon > 1:  # the steps differ, so a wrong window would show
+    assert float(jnp.abs(want_z[:, -1] - want_z[:, 0]).max()) > 1e-2
 
 
 @pytest.mark.parametrize('predictor,proprio', [('adaln', 4), ('dino_wm', 0)])

@@ -63,6 +63,9 @@ def get_config(env: str, variant: str) -> ml_collections.ConfigDict:
   # `run_pipeline --ablation` adds models trained without it).
   config.planning_extra = ml_collections.ConfigDict(dict(
       pixels_only=dict(objective_proprio_weight=0.0)))
+  # The protocol of `run_pipeline --ablation`'s rows: 'main' or a row of `planning_extra`.
+  config.ablation_protocol = 'main'
+
   # Sharding is data: mesh axis sizes (-1 = all remaining devices) and partition rules
   # (regex on the '/'-joined parameter path -> PartitionSpec entries per array dimension).
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
@@ -105,16 +108,22 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       num_iters=5 if smoke else 10, num_gifs=2 if smoke else 4, episode_batch_size=8 if smoke
       else 16)
   if not smoke:
-    # Our MPC: replan from the observed state every 2 model steps, warm-started.
-    config.planning_extra.mpc = dict(num_execute=2, warm_start=True)
+    # Our MPC: replan from the observed state after every model step, warm-started, with 300
+    # samples (the paper's count; 10 iterations). Measured (README): replanning every step
+    # instead of every 2 took PointMaze from 82.3 to 87.5 %, 300 samples instead of 100 took
+    # pixels-only Wall from 88.5 to 92.7 % (the oracle at 100 x 10 reaches 92.7 %: at that
+    # budget the planner, not the model, was the limit).
+    config.planning_extra.mpc = dict(num_execute=1, warm_start=True, num_samples=300)
   return config
 
 
 def end_to_end_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """LeWorldModel instead of stages 1 + 2 (pixels only: its model reads no proprio, so every
-  planning row scores pixels and the 'pixels_only' row would repeat the main one)."""
+  """LeWorldModel instead of stages 1 + 2. Without proprio (`lewm.proprio_emb_dim=0`, the
+  default) every planning row scores pixels and the 'pixels_only' row would repeat the main
+  one, so it goes."""
   config.pretrain.objective = 'lewm'
-  del config.planning_extra['pixels_only']
+  if not config.lewm.proprio_emb_dim:
+    del config.planning_extra['pixels_only']
   return config
 
 

@@ -45,8 +45,9 @@ K_P, K_V = 100.0, 20.0        # PD gains of the agent's velocity controller
 T_SCALE = 30.0                # bar 4 x 1 scales, stem 1 x 3 scales
 GOAL_POSE = (256.0, 256.0, math.pi / 4)
 SUCCESS_POSITION, SUCCESS_ANGLE = 20.0, math.pi / 9
-FRAMESKIP, EPISODE_STEPS = 5, 30     # planning horizon 6 x frameskip 5, one open-loop plan
+FRAMESKIP = 5
 GOAL_OFFSET_STEPS = 25               # goals: the state 25 data-policy steps ahead (LeWM)
+EPISODE_STEPS = 2 * GOAL_OFFSET_STEPS   # LeWM's eval budget: twice the goal offset
 SEGMENT_START_STEPS = 25             # episode starts: 25 data-policy steps into a trajectory
 
 # The T in its body frame (y down): bar x in [-60, 60], y in [0, 30]; stem x in [-15, 15],
@@ -282,8 +283,8 @@ def collect_actions(key, start, length, **policy_options):
   return scripted_pusher(key, start, length, **policy_options)[0]
 
 
-def scripted_pusher(key, start, length, *, push_steps=(3, 9), random_move_prob=0.15,
-                    aim_noise=0.35, target_noise=8.0, max_action=1.0, num_candidates=4):
+def scripted_pusher(key, start, length, *, push_steps=(5, 14), random_move_prob=0.15,
+                    aim_noise=0.35, target_noise=8.0, max_action=0.4, gain=0.5, num_candidates=4):
   """Data policy: a scripted noisy pusher that mostly moves and rotates the block.
 
   The episode is a sequence of segments. A push segment picks a point on the T's outline
@@ -295,8 +296,11 @@ def scripted_pusher(key, start, length, *, push_steps=(3, 9), random_move_prob=0
   instead a random move to a uniform point of the workspace. Each push segment is the best of
   `num_candidates` draws: a Gumbel-noisy score that, once the block is over 80 px from the
   centre, increasingly favours pushes towards the centre, so the block rarely gets jammed against
-  a wall (where a kinematic pusher squeezes it through the wall, in pymunk too). Targets get N(0, target_noise) px
-  noise; the action is (target - agent) / 100 clipped to norm `max_action`.
+  a wall (where a kinematic pusher squeezes it through the wall, in pymunk too). Targets get
+  N(0, target_noise) px noise; the action is `gain * (target - agent) / 100` clipped to norm
+  `max_action`. The defaults give the reference dataset's speed (its precomputed statistics:
+  action std 0.20 per axis, agent velocity std 75 px/s; here 0.22 and 80 px/s): a constant action
+  `a` drives the agent at about 370 `a` px/s.
 
   Args:
     key: PRNG key; start: f32 (7,) start state; length: static int number of env steps.
@@ -355,7 +359,7 @@ def scripted_pusher(key, start, length, *, push_steps=(3, 9), random_move_prob=0
     target = jnp.where(phase == 0, approach, push_target)
     target = jnp.where(seg['is_random'], seg['random_goal'], target)
     target = target + target_noise * jax.random.normal(k_noise, (2,))
-    action = (target - agent) / ACTION_SCALE
+    action = gain * (target - agent) / ACTION_SCALE
     norm = jnp.linalg.norm(action)
     action = action * jnp.minimum(1.0, max_action / jnp.maximum(norm, 1e-6))
     done = jnp.where(seg['is_random'], count + 1 >= seg['steps'],
@@ -379,8 +383,8 @@ def sample_start_goal(key):
   """Evaluation episode: a replayed data segment (the LeWorldModel protocol). From a
   `random_state`, the data policy runs `SEGMENT_START_STEPS` (25) steps; the state it reaches is
   the start (so the agent is engaged with the block, as in a dataset segment) and the state
-  `GOAL_OFFSET_STEPS` (25) steps later is the goal, reachable by construction.
-  Returns (start f32 (7,), goal f32 (7,))."""
+  `GOAL_OFFSET_STEPS` (25) steps later is the goal, reachable by construction; the episode
+  gets `EPISODE_STEPS` (50, LeWM's budget) env steps. Returns (start f32 (7,), goal f32 (7,))."""
   key_start, key_policy = jax.random.split(key)
   path = scripted_pusher(key_policy, random_state(key_start),
                          SEGMENT_START_STEPS + GOAL_OFFSET_STEPS)[1]

@@ -71,6 +71,9 @@ class LeWMConfig:
   eval_horizon, eval_batch_size, eval_num_batches: the held-out open-loop rollout check.
   statistics_batches: training batches whose latent mean / std are folded into the export.
   geometry_frames: rendered frames of the geometry measures (pretrain/geometry.py).
+  train_encoder: False holds the encoder at its random initialisation (only the predictor and
+    the proprio channel learn; the batch standardisation still applies): the same-architecture
+    random-encoder baseline of `run_pipeline --ablation`.
   """
   encoder: dict = dataclasses.field(default_factory=lambda: dict(
       preset='tiny', image_size=64, patch_size=64, tubelet_size=1, width=64, depth=2,
@@ -97,6 +100,7 @@ class LeWMConfig:
   eval_num_batches: int = 8
   statistics_batches: int = 16
   geometry_frames: int = 2000
+  train_encoder: bool = True
 
   def __post_init__(self):
     for name in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'eval_horizon',
@@ -201,7 +205,9 @@ def lewm_loss(params: dict, batch: dict, key: jax.Array, model: model_lib.WorldM
     `(loss, metrics)`: loss terms and 'raw_latent_std' (mean per-channel std of the latents
     before standardisation, the collapse monitor).
   """
-  raw = encode_with_grad(model, frozen_output_norm(params['encoder']), batch['observations'])
+  encoder_params = (params['encoder'] if cfg.train_encoder
+                    else jax.lax.stop_gradient(params['encoder']))
+  raw = encode_with_grad(model, frozen_output_norm(encoder_params), batch['observations'])
   z, _, std = batch_normalise(raw)
   pe = model.embed_proprio(params, batch['proprio'])
   pred_z, pred_pe = model.predict(params, z[:, :-1], batch['actions'][:, :-1],
@@ -237,13 +243,16 @@ def latent_statistics(model: model_lib.WorldModel, encoder_params: dict, data_it
 
 def make_train_step(model: model_lib.WorldModel, cfg: LeWMConfig, tx, seed: int):
   """Pure `(state, batch) -> (state, metrics)`; SIGReg's directions are drawn from
-  `fold_in(PRNGKey(seed), step)`, so a resumed run draws what an uninterrupted one does."""
+  `fold_in(PRNGKey(seed), step)`, so a resumed run draws what an uninterrupted one does. With
+  `cfg.train_encoder=False` the encoder params are carried over unchanged."""
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), state['step'])
     (_, metrics), grads = jax.value_and_grad(lewm_loss, has_aux=True)(
         state['params'], batch, key, model, cfg)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
+    if not cfg.train_encoder:  # neither gradients nor weight decay move the random encoder
+      params = {**params, 'encoder': state['params']['encoder']}
     return ({'params': params, 'opt_state': opt_state, 'step': state['step'] + 1},
             {**metrics, 'grad_norm': optax.tree.norm(grads)})
   return train_step

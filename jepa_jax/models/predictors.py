@@ -165,13 +165,27 @@ class AdaLNPredictor(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True):
+  def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True,
+               first_frame: int = 0, kv_cache=None, return_kv_cache: bool = False):
     """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|(B,T,H,W,Pe)|None -> ((B,T,H,W,Dv), proprio|None)`,
-    proprio `(B,T,H,W,Pe)` ('per_patch' readout) or `(B,T,Pe)` ('first_patch')."""
+    proprio `(B,T,H,W,Pe)` ('per_patch' readout) or `(B,T,Pe)` ('first_patch').
+
+    Incremental windows (exact; used by the planner's unroll): the T frames given may be the
+    LAST frames of a window whose first `first_frame` frames were fed to an earlier call.
+      first_frame: RoPE frame index of the first frame given (0 = a window of its own).
+      kv_cache: None, or the `kv_cache` an earlier call returned for frames
+        `0..first_frame-1` of the same window: per block `(k, v)`, each
+        `(depth, B, heads, first_frame*H*W, head_dim)`.
+      return_kv_cache: also return this call's cache (its frames' per-block keys/values).
+    Returns `(visual, proprio)`, or `(visual, proprio, kv_cache)` with return_kv_cache.
+    """
     del deterministic  # no dropout in this model
     cfg = self.config
     batch, frames, height, width, _ = _check_inputs(self, latents, actions, proprio_emb,
                                                     per_patch_proprio=True)
+    if (kv_cache is None) != (first_frame == 0):
+      raise ValueError(f'{type(self).__name__}: first_frame={first_frame} needs the kv_cache of '
+                       'frames 0..first_frame-1 (and first_frame=0 takes none)')
     embed_dim = cfg.embed_dim or cfg.latent_dim
     x = layers.dense(embed_dim, self.dtype, 'predictor_embed')(latents)
     x = _concat_proprio(x, proprio_emb)
@@ -181,9 +195,12 @@ class AdaLNPredictor(nn.Module):
         cfg.num_heads, int(cfg.width * cfg.mlp_ratio), cfg.qkv_bias, cfg.layernorm_eps,
         cfg.rope_layout, 0.0 if cfg.zero_init else cfg.modulation_std, dtype=self.dtype,
         parent=None)
+    positions = rope_lib.grid_positions(first_frame + frames, height, width)
     x = layers.scan_blocks(self, block, cfg.depth, 'predictor_blocks_', x, cond,
-                           positions=rope_lib.grid_positions(frames, height, width),
-                           causal=True, remat=cfg.remat)
+                           positions=positions[first_frame * height * width:], causal=True,
+                           return_kv=return_kv_cache, remat=cfg.remat,
+                           per_block={} if kv_cache is None else {'kv_prefix': kv_cache})
+    x, new_cache = x if return_kv_cache else (x, None)
     x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'predictor_norm')(x)
     x = x.reshape(batch, frames, height, width, cfg.width)
     visual = layers.dense(cfg.latent_dim, self.dtype, 'predictor_proj')(x[..., :embed_dim])
@@ -192,7 +209,7 @@ class AdaLNPredictor(nn.Module):
       proprio = x[..., embed_dim:]
       if cfg.proprio_readout == 'first_patch':
         proprio = proprio[:, :, 0, 0]
-    return visual, proprio
+    return (visual, proprio, new_cache) if return_kv_cache else (visual, proprio)
 
 
 @dataclasses.dataclass(frozen=True)

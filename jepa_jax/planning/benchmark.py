@@ -9,7 +9,8 @@ for the same action batch.
 
 jepa_jax side: the public planner path, `jax.jit(vmap(cem.cem_plan))` over
 `agent.latent_planning_cost` (the planning agent's cost; candidates scored `chunk_size` at a
-time when > 0) of the AdaLN predictor unrolled by `world_model.model.sliding_window_unroll`;
+time when > 0) of the AdaLN predictor unrolled by `world_model.model.cached_window_unroll`
+(the reference's sliding window, one frame pass less; same result);
 E episodes sharded over a 'data' mesh of `devices` devices (the device sweep), params
 replicated. Compile (`lower().compile()`) is timed apart from the steady state (median of
 `repeats` calls after one untimed call, each `block_until_ready`). torch side:
@@ -20,7 +21,10 @@ dtype is bf16).
 s/plan is per episode (a batched plan of E episodes counts E plans). FLOPs are an analytic
 count of the reference predictor's matmuls (`adaln_forward_flops`: dense attention, as the
 reference computes it) times the predictor calls of a plan; both implementations get the same
-count (the reference's work), so their GFLOP/s ratio is their speed ratio. The matmul peak is
+count (the reference's work), so their GFLOP/s ratio is their speed ratio. jepa_jax does less
+work for the same result (frame-causal attention block by block, and step 1 of every unroll
+reuses step 0's keys/values: 2H - 2 frame passes per sequence instead of 2H - 1), so its
+GFLOP/s is an effective rate. The matmul peak is
 the best of `repeats` `(n, n) @ (n, n)` products (n >= 2048) in JAX and in torch; peak shares
 are against the larger of the two. MFU (bf16 runs on a listed GPU): achieved TFLOP/s over the
 data-sheet dense bf16 peak (`BF16_PEAK_TFLOPS`). Memory: the compiled plan's XLA memory
@@ -43,7 +47,7 @@ from jepa_jax import convert, sharding
 from jepa_jax.convert import torch_io
 from jepa_jax.models import predictors
 from jepa_jax.planning import agent, cem, objectives
-from jepa_jax.world_model.model import sliding_window_unroll
+from jepa_jax.world_model.model import cached_window_unroll
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 GB = 1e9
@@ -227,11 +231,12 @@ def make_models(spec: BenchSpec, seed: int = 0, init_std: float = 0.02):
 
 def jax_unroll(module):
   """`unroll(params, z0 (n, H, W, Dv), pe0 (n, Pe) | None, actions (n, Hz, A)) -> (z, pe)`:
-  `sliding_window_unroll` of `module`."""
+  the planner's unroll of `module` (`cached_window_unroll`, what `WorldModel.unroll` runs for
+  the AdaLN predictor: the sliding window of 2 with step 0's keys/values reused in step 1)."""
 
   def unroll(params, z0, pe0, actions):
-    return sliding_window_unroll(lambda *x: module.apply({'params': params}, *x), z0, pe0,
-                                 actions)
+    return cached_window_unroll(lambda *x, **window: module.apply({'params': params}, *x,
+                                                                  **window), z0, pe0, actions)
   return unroll
 
 

@@ -61,6 +61,7 @@ class PlanningConfig:
   objective_distance: str = 'l2'
   objective_final_step_only: bool = True
   objective_proprio_weight: float = 0.1
+  objective_visual_weight: float = 1.0
   cost_chunk_size: int = 0
   oracle_action_scale: float = 1.0
   num_gifs: int = 8
@@ -80,11 +81,13 @@ class PlanningConfig:
     if self.cost_chunk_size < 0:
       raise ValueError(f'planning.cost_chunk_size={self.cost_chunk_size} must be >= 0 '
                        '(0 scores all candidates at once)')
+    self.objective()  # the objective's own checks
     make_planner(self)  # the planner's own checks (elites, horizon, ...) before any work
 
   def objective(self) -> objectives.ObjectiveConfig:
     return objectives.ObjectiveConfig(self.objective_distance, self.objective_final_step_only,
-                                      self.objective_proprio_weight)
+                                      self.objective_proprio_weight,
+                                      self.objective_visual_weight)
 
 
 def as_planning_config(section: Any, **overrides) -> PlanningConfig:

@@ -84,7 +84,8 @@ def evaluate(env: Environment, agent: Agent, config: PlanningConfig, seed: int =
       planner_settings=dataclasses.asdict(planner_settings),
       protocol=dict(episode_steps=mpc.episode_steps(config, env), frameskip=frameskip,
                     num_execute=config.num_execute, warm_start=config.warm_start,
-                    open_loop=config.num_execute >= config.horizon,
+                    # Open loop = one plan per episode (every action of it executed).
+                    open_loop=mpc.num_plans(config, env, frameskip) == 1,
                     plan_horizons=mpc.plan_horizons(config, env, frameskip),
                     num_plans_per_episode=mpc.num_plans(config, env, frameskip)),
       devices=n_dev,

@@ -19,14 +19,19 @@ DISTANCES = ('l2', 'l1')
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """distance: 'l2' (squared error) or 'l1'; final_step_only: score pred_H only (reference)
-  or average over all H steps; proprio_weight: alpha (0 disables the proprio term)."""
+  or average over all H steps; proprio_weight: alpha (0 disables the proprio term);
+  visual_weight: the visual term's weight (1 in the reference; 0 plans on proprio alone)."""
   distance: str = 'l2'
   final_step_only: bool = True
   proprio_weight: float = 0.1
+  visual_weight: float = 1.0
 
   def __post_init__(self):
     if self.distance not in DISTANCES:
       raise ValueError(f'distance={self.distance!r} must be one of {DISTANCES}')
+    if self.proprio_weight < 0 or self.visual_weight < 0:
+      raise ValueError(f'objective weights must be >= 0, got visual {self.visual_weight}, '
+                       f'proprio {self.proprio_weight}')
 
 
 def sequence_distance(pred: jax.Array, goal: jax.Array, distance: str = 'l2',
@@ -55,11 +60,12 @@ def sequence_distance(pred: jax.Array, goal: jax.Array, distance: str = 'l2',
 
 def latent_cost(pred_latents: jax.Array, goal_latent: jax.Array, pred_proprio=None,
                 goal_proprio=None, config: ObjectiveConfig = ObjectiveConfig()) -> jax.Array:
-  """`(N,)` cost = visual distance + alpha * proprio distance (when proprio is given and
-  `config.proprio_weight` > 0). Shapes: pred_latents `(N, H, h, w, D)`, goal_latent
+  """`(N,)` cost = visual_weight * visual distance + alpha * proprio distance (when proprio
+  is given and `config.proprio_weight` > 0). Shapes: pred_latents `(N, H, h, w, D)`, goal_latent
   `(h, w, D)`, pred_proprio `(N, H, Pe)` or per patch `(N, H, h, w, Pe)`, goal_proprio `(Pe,)`
   (repeated over the patches for per-patch predictions) or `(h, w, Pe)`."""
-  cost = sequence_distance(pred_latents, goal_latent, config.distance, config.final_step_only)
+  cost = config.visual_weight * sequence_distance(pred_latents, goal_latent, config.distance,
+                                                  config.final_step_only)
   if pred_proprio is not None and config.proprio_weight > 0:
     if goal_proprio is None:
       raise ValueError('pred_proprio was given without goal_proprio')

@@ -1,4 +1,5 @@
-"""Stage 1: V-JEPA pretraining of the ViT encoder on Wall trajectory clips (REFERENCE §1).
+"""Stage 1: V-JEPA pretraining of the ViT encoder on an environment's trajectory clips
+(REFERENCE §1).
 
 One optimisation step (`make_train_step`), for a batch of clips `(B, T, S, S, 3)` uint8 with
 multi-block masks made in the data pipeline (`masks.MultiBlockMaskTransform`):
@@ -14,9 +15,9 @@ multi-block masks made in the data pipeline (`masks.MultiBlockMaskTransform`):
   5. AdamW update of context encoder + predictor, then EMA of the target encoder with momentum
      `ema_momentum` (constant, V-JEPA 2) or a linear ramp to `ema_momentum_end` (V-JEPA 1).
 
-The step is one `jax.jit` over a `Mesh` (axes and partition rules from the config), with the
-train state donated. `train(config, workdir, data_dir)` runs the whole stage: data, resumable
-Orbax checkpoints (params, EMA target, optimiser state, step, grain iterator), TensorBoard
+`train(config, workdir, data_dir)` runs the whole stage on the stage harness
+(`training.run_stage`: the mesh and partition rules of the config, the donated jitted step, the
+per-host batch check, resumable Orbax checkpoints (params, EMA target, optimiser state, step, grain iterator), TensorBoard
 metrics, export of the EMA target encoder to `<workdir>/encoder`, the linear probe, and the
 latent geometry of the trained and the random-init encoder (`geometry.py`, also in TensorBoard
 every `geometry_every` steps) with the cost-landscape picture `cost_landscape.png`.
@@ -359,29 +360,28 @@ def model_batch(batch: dict) -> dict:
 
 def sharded_setup(config: Any, mesh: jax.sharding.Mesh
                   ) -> tuple[Models, PretrainConfig, dict, Callable[[dict, dict], tuple]]:
-  """Builds the models, the initial state laid out on `mesh`, and the jitted step.
-
-  Parameters, EMA target and optimiser moments are placed by `config.partition_rules`
-  (regexes on '/'-joined state paths); batch arrays are split over the ('data', 'fsdp') axes.
-  The step donates the state, so callers must use the returned state and drop the old one.
+  """The models, the initial state laid out on `mesh` and the jitted step, as `train` runs
+  them (`training.init_sharded` and `training.jit_step`: parameters, EMA target and optimiser
+  moments placed by `config.partition_rules`, batches split over the data axes, the state
+  donated, so callers must use the returned state and drop the old one).
 
   Returns:
     `(models, cfg, state, step_fn)` with `step_fn(state, device_batch) -> (state, metrics)`.
   """
+  models, cfg, stage_parts = _stage_parts(config)
+  state, shardings = training.init_sharded(stage_parts['init_fn'], int(config.seed), mesh,
+                                           training.partition_rules(config))
+  return models, cfg, state, training.jit_step(stage_parts['step_fn'], shardings, (), mesh)
+
+
+def _stage_parts(config: Any) -> tuple[Models, PretrainConfig, dict]:
+  """Models, the section's config and the stage's `init_fn` / `step_fn`."""
   cfg = as_pretrain_config(config.pretrain)
   models = build_models(config)
   optimizer, schedule = make_optimizer(cfg)
-  init_fn = functools.partial(init_state, models=models, optimizer=optimizer)
-  key = jax.random.key(int(config.seed))
-  rules = [tuple(r) for r in config.partition_rules]
-  abstract = jax.eval_shape(init_fn, key)
-  state_shardings = sharding_lib.param_shardings(abstract, mesh, rules)
-  state = jax.jit(init_fn, out_shardings=state_shardings)(key)
-  step_fn = jax.jit(make_train_step(models, cfg, optimizer, schedule, int(config.seed)),
-                    in_shardings=(state_shardings, sharding_lib.data_sharding(mesh)),
-                    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-                    donate_argnums=0)
-  return models, cfg, state, step_fn
+  return models, cfg, dict(
+      init_fn=functools.partial(init_state, models=models, optimizer=optimizer),
+      step_fn=make_train_step(models, cfg, optimizer, schedule, int(config.seed)))
 
 
 def make_frame_encoder(models: Models, cfg: PretrainConfig, mesh: jax.sharding.Mesh
@@ -428,12 +428,13 @@ def run_probe(encode: Callable[[np.ndarray], jax.Array], dataset_path: str,
 
 
 def locate_dataset(config: Any, data_dir: str) -> str:
-  """Folder of the Wall dataset for `config.data` under `data_dir`, with a clear error."""
+  """Folder of the `config.env` dataset for `config.data` under `data_dir`, with a clear
+  error."""
   path = trajectories_lib.dataset_dir(data_dir, config.env, config.data, int(config.seed))
   if not trajectories_lib.is_complete(path):
     raise FileNotFoundError(
-        f'no complete Wall dataset at {path} (data_dir={data_dir}); generate it with '
-        f'`python -m experiments.generate_data --config=experiments/configs/wall.py:'
+        f'no complete {config.env} dataset at {path} (data_dir={data_dir}); generate it with '
+        f'`python -m experiments.generate_data --config=experiments/configs/{config.env}.py:'
         f'{config.get("variant", "tiny")} --data_dir={data_dir}` or pass the right --data_dir')
   return path
 
@@ -449,11 +450,8 @@ def export_encoder(path: str, models: Models, cfg: PretrainConfig, params: Any) 
 def export_random_encoder(config: Any, path: str) -> None:
   """Exports the random initialisation of stage 1's encoder (the init `train` starts from for
   `config.seed`): the same-architecture baseline of the ablation."""
-  models = build_models(config)
-  cfg = as_pretrain_config(config.pretrain)
-  optimizer, _ = make_optimizer(cfg)
-  state = jax.jit(functools.partial(init_state, models=models, optimizer=optimizer))(
-      jax.random.key(int(config.seed)))
+  models, cfg, stage_parts = _stage_parts(config)
+  state = jax.jit(stage_parts['init_fn'])(jax.random.PRNGKey(int(config.seed)))
   export_encoder(path, models, cfg, jax.device_get(state['target_encoder']))
 
 
@@ -475,65 +473,54 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   workdir = os.path.abspath(workdir)
   dataset_path = locate_dataset(config, data_dir)
   os.makedirs(workdir, exist_ok=True)
-  mesh = sharding_lib.make_mesh(dict(config.mesh))
-  models, cfg, state, step_fn = sharded_setup(config, mesh)
-  if cfg.batch_size % jax.process_count():
-    raise ValueError(f'pretrain.batch_size={cfg.batch_size} must be divisible by the '
-                     f'{jax.process_count()} processes')
+  models, cfg, stage_parts = _stage_parts(config)
   logging.info('stage 1: token grid %s, mask counts (context, target) per group %s',
                models.grid, models.mask_counts)
   mask_transform = masks_lib.MultiBlockMaskTransform(models.grid, models.mask_groups,
                                                      models.mask_counts)
-  data_iter = pipeline.make_clip_loader(
-      dataset_path, 'train', batch_size=cfg.batch_size // jax.process_count(),
-      num_frames=cfg.num_frames, frameskip=cfg.frameskip, seed=int(config.seed),
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      extra_transforms=[mask_transform])
-  checkpointer = checkpoint_lib.TrainCheckpointer(
-      os.path.join(workdir, 'checkpoints'), save_interval_steps=cfg.checkpoint_every,
-      max_to_keep=cfg.max_to_keep, config=config)
 
-  # The random-encoder baseline of the probe is this run's initialisation (copied before the
-  # step donates the state; on a resume it is the same deterministic init).
-  random_params = jax.tree_util.tree_map(jnp.copy, state['target_encoder'])
-  log_times = []  # (time, step) at each progress line, for the summary's steps/s
-
-  def on_log(step, metrics):
-    del metrics
-    log_times.append((time.perf_counter(), step))
+  def make_loader(per_host, shard_index, shard_count):
+    return pipeline.make_clip_loader(
+        dataset_path, 'train', batch_size=per_host, num_frames=cfg.num_frames,
+        frameskip=cfg.frameskip, seed=int(config.seed), shard_index=shard_index,
+        shard_count=shard_count, extra_transforms=[mask_transform])
 
   env = envs.get(config.env)
-  encode = make_frame_encoder(models, cfg, mesh)
   geometry_options = dict(image_size=int(config.data.image_size),
                           num_fit=cfg.geometry_frames, num_eval=cfg.geometry_frames // 2,
                           seed=int(config.seed))
-  random_geometry = {}
+  # Set once the stage has placed its state: the frame encoder for the mesh, and the
+  # random-encoder baseline = this run's initialisation (copied before the first step donates
+  # the state; on a resume it is the same deterministic init).
+  placed, random_geometry = {}, {}
+
+  def on_init(state, mesh, frozen):
+    del frozen
+    placed.update(encode=make_frame_encoder(models, cfg, mesh),
+                  random_params=jax.tree_util.tree_map(jnp.copy, state['target_encoder']))
 
   def geometry_eval(state, step):
     """TensorBoard `eval/` scalars: geometry of the EMA target and of the random init."""
     del step
+    encode = placed['encode']
     if not random_geometry:  # the random-init encoder does not change: measured once
       random_geometry.update(geometry.measure_encoder(
-          functools.partial(encode, random_params), env, **geometry_options))
+          functools.partial(encode, placed['random_params']), env, **geometry_options))
     trained = geometry.measure_encoder(functools.partial(encode, state['target_encoder']), env,
                                        **geometry_options)
     return {**{k: v for k, v in trained.items() if np.ndim(v) == 0},
             **{f'{k}_random_encoder': v for k, v in random_geometry.items() if np.ndim(v) == 0}}
 
-  train_start = time.perf_counter()
-  state, metrics = training.run_train_loop(
-      train_step=step_fn, state=state, data_iter=data_iter, checkpointer=checkpointer,
-      num_steps=cfg.num_steps, log_every=cfg.log_every, workdir=workdir,
-      shard_fn=lambda batch: sharding_lib.shard_batch(model_batch(batch), mesh), on_log=on_log,
+  stage = training.Stage(
+      name='pretrain', **stage_parts, make_loader=make_loader, batch_size=cfg.batch_size,
+      num_steps=cfg.num_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+      max_to_keep=cfg.max_to_keep, model_inputs=model_batch,
+      settings=('env', 'seed', 'data', 'encoder'),
       eval_fn=geometry_eval if cfg.geometry_every else None,
-      eval_every=cfg.geometry_every or None, stage_name='pretrain')
-  train_seconds = time.perf_counter() - train_start
-  checkpointer.close()
-  # Steps/s after the first progress line (which includes compilation).
-  steps_per_sec = None
-  if len(log_times) >= 2:
-    (t0, s0), (t1, s1) = log_times[0], log_times[-1]
-    steps_per_sec = (s1 - s0) / max(t1 - t0, 1e-9)
+      eval_every=cfg.geometry_every or None, on_init=on_init)
+  result = training.run_stage(stage, config, workdir)
+  state, metrics = result.state, result.metrics
+  encode, random_params = placed['encode'], placed['random_params']
 
   target_params = state['target_encoder']
   training.check_finite_params(target_params, f'the stage-1 encoder at step {cfg.num_steps}')
@@ -564,8 +551,8 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
       'probe_l2': trained['patch']['l2'],
       'final_metrics': metrics,
       'num_steps': int(jax.device_get(state['step'])),
-      'steps_per_sec': steps_per_sec,
-      'train_seconds': train_seconds,
+      'steps_per_sec': result.loop.steps_per_sec,
+      'train_seconds': result.loop.seconds,
       'probe_seconds': time.perf_counter() - probe_start,
       'total_seconds': time.time() - start_time,
       'token_grid': list(models.grid),

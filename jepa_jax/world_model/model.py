@@ -17,6 +17,7 @@ targets into the shape of per-patch predictions for losses and metrics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -73,6 +74,22 @@ def sliding_window_unroll(predict_fn, z0, pe0, actions):
     pe1 = pe1[:, 0]
   if horizon == 1:
     return z1[:, None], (pe1[:, None] if with_pe else None)
+  zs, pes = _scan_windows(predict_fn, actions, ((z0, z1), (pe0, pe1)), first_step=1)
+  zs = jnp.concatenate([z1[:, None], zs], 1)
+  if with_pe:
+    pes = jnp.concatenate([pe1[:, None], pes], 1)
+  return zs, pes
+
+
+def _scan_windows(predict_fn, actions, carry, first_step: int):
+  """Steps `first_step .. H-1` of the sliding window, one `lax.scan`: step h feeds the last two
+  latents `carry = ((z_prev, z_cur), (pe_prev, pe_cur))` (pe None without proprio) with
+  actions (a_{h-1}, a_h) and keeps the newest prediction.
+
+  Returns:
+    (z (B, H - first_step, h, w, D), pe (B, H - first_step, ...) | None).
+  """
+  with_pe = carry[1][1] is not None
 
   def step(carry, h):
     (z_prev, z_cur), (pe_prev, pe_cur) = carry
@@ -83,12 +100,54 @@ def sliding_window_unroll(predict_fn, z0, pe0, actions):
     pe_next = pe_out[:, -1].astype(pe_cur.dtype) if with_pe else None
     return ((z_cur, z_next), (pe_cur, pe_next)), (z_next, pe_next)
 
-  carry = ((z0, z1), (pe0, pe1))
-  _, (zs, pes) = jax.lax.scan(step, carry, jnp.arange(1, horizon))
-  zs = jnp.concatenate([z1[:, None], jnp.moveaxis(zs, 0, 1)], 1)
-  if with_pe:
-    pes = jnp.concatenate([pe1[:, None], jnp.moveaxis(pes, 0, 1)], 1)
-  return zs, pes
+  _, (zs, pes) = jax.lax.scan(step, carry, jnp.arange(first_step, actions.shape[1]))
+  return jnp.moveaxis(zs, 0, 1), (jnp.moveaxis(pes, 0, 1) if with_pe else None)
+
+
+def cached_window_unroll(step_fn, z0, pe0, actions):
+  """`sliding_window_unroll` with the same result and one frame pass less.
+
+  With frame-causal attention and RoPE positions restarting in every window, the older frame
+  of step 1's window `[z0, z1]` (actions `a_0, a_1`) is computed exactly as step 0's lone
+  frame `[z0]` (action `a_0`): same inputs, same position 0, attending only to itself. Step 0
+  therefore returns its per-block keys/values and step 1 feeds only its newest frame, at
+  position 1, attending to them. Steps h >= 2 feed their 2-frame window as before (its older
+  frame `z_h-1` was computed at position 1 in step h-1, so nothing else repeats).
+
+  Args:
+    step_fn: `(z (B,T,h,w,D), a (B,T,A), pe|None, first_frame=0, kv_cache=None,
+      return_kv_cache=False) -> (z', pe'[, kv_cache])`, the predictor's incremental-window
+      call (see `predictors.AdaLNPredictor`).
+    z0, pe0, actions: as in `sliding_window_unroll`.
+  Returns:
+    as `sliding_window_unroll`.
+  """
+  horizon = actions.shape[1]
+  if horizon < 1:
+    raise ValueError(f'unroll needs at least one action step, got actions {actions.shape}')
+  with_pe = pe0 is not None
+  z1, pe1, cache = step_fn(z0[:, None], actions[:, :1], pe0[:, None] if with_pe else None,
+                           return_kv_cache=True)
+  z1 = z1[:, 0].astype(z0.dtype)
+  pe1 = pe1[:, 0].astype(pe0.dtype) if with_pe else None
+  if horizon == 1:
+    return z1[:, None], (pe1[:, None] if with_pe else None)
+  z2, pe2 = step_fn(z1[:, None], actions[:, 1:2], pe1[:, None] if with_pe else None,
+                    first_frame=1, kv_cache=cache)
+  z2 = z2[:, 0].astype(z0.dtype)
+  pe2 = pe2[:, 0].astype(pe0.dtype) if with_pe else None
+  zs, pes = [z1[:, None], z2[:, None]], [pe1[:, None], pe2[:, None]] if with_pe else None
+  if horizon > 2:
+    rest, pe_rest = _scan_windows(step_fn, actions, ((z1, z2), (pe1, pe2)), first_step=2)
+    zs.append(rest)
+    if with_pe:
+      pes.append(pe_rest)
+  return jnp.concatenate(zs, 1), (jnp.concatenate(pes, 1) if with_pe else None)
+
+
+def supports_kv_cache(predictor) -> bool:
+  """Whether `predictor` has the incremental-window call of `cached_window_unroll`."""
+  return isinstance(predictor, predictors_lib.AdaLNPredictor)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,33 +215,37 @@ class WorldModel:
     std = jnp.asarray(self.stats['proprio_std'])
     return self.embed_proprio(params, (proprio_raw - mean) / std)
 
-  def predict(self, params, z, actions_norm, pe, *, dropout_rng=None):
+  def predict(self, params, z, actions_norm, pe, *, dropout_rng=None, **window):
     """Frame-causal prediction: output t is the prediction of frame t + 1.
 
     Args: z (B, T, h, w, D), actions_norm (B, T, A), pe (B, T, Pe) or per patch
       (B, T, h, w, Pe) or None; dropout_rng: a key enables training-mode dropout (DINO-WM
-      predictor), None = deterministic.
-    Returns: (z_next (B, T, h, w, D), pe_next or None), pe_next (B, T, h, w, Pe) for a
-      per-patch predictor (AdaLN default), else (B, T, Pe).
+      predictor), None = deterministic; window: the AdaLN predictor's incremental-window
+      arguments (`first_frame`, `kv_cache`, `return_kv_cache`: see `cached_window_unroll`).
+    Returns: (z_next (B, T, h, w, D), pe_next or None[, kv_cache with return_kv_cache]),
+      pe_next (B, T, h, w, Pe) for a per-patch predictor (AdaLN default), else (B, T, Pe).
     """
     if actions_norm.shape[-1] != self.action_dim:
       raise ValueError(f'model actions must have {self.action_dim} channels (frameskip x env '
                        f'action dims), got actions of shape {actions_norm.shape}')
-    if dropout_rng is None:
-      out = self.predictor.apply({'params': params['predictor']}, z, actions_norm, pe)
-    else:
-      out = self.predictor.apply({'params': params['predictor']}, z, actions_norm, pe,
-                                 deterministic=False, rngs={'dropout': dropout_rng})
+    if dropout_rng is not None:
+      window.update(deterministic=False, rngs={'dropout': dropout_rng})
+    out = self.predictor.apply({'params': params['predictor']}, z, actions_norm, pe, **window)
     if not self.residual:
       return out
-    z_delta, pe_delta = out
-    return z + z_delta, (None if pe is None else broadcast_proprio(pe, pe_delta) + pe_delta)
+    z_delta, pe_delta = out[:2]
+    pe_next = None if pe is None else broadcast_proprio(pe, pe_delta) + pe_delta
+    return (z + z_delta, pe_next) + tuple(out[2:])
 
   def unroll(self, params, z0, pe0, actions_norm):
     """Open loop from one frame: z0 (B, h, w, D), pe0 (B, Pe)|(B, h, w, Pe)|None, actions
     (B, H, A) -> (z (B, H, h, w, D), pe|None), predictions of frames 1..H (window of 2); pe is
-    (B, H, h, w, Pe) for a per-patch predictor, else (B, H, Pe). See sliding_window_unroll."""
-    return sliding_window_unroll(lambda *x: self.predict(params, *x), z0, pe0, actions_norm)
+    (B, H, h, w, Pe) for a per-patch predictor, else (B, H, Pe). See sliding_window_unroll;
+    predictors with an incremental window (AdaLN) take `cached_window_unroll`, same result."""
+    predict = functools.partial(self.predict, params)
+    if not supports_kv_cache(self.predictor):
+      return sliding_window_unroll(predict, z0, pe0, actions_norm)
+    return cached_window_unroll(predict, z0, pe0, actions_norm)
 
   def env_actions(self, actions_norm):
     """Model actions (..., H, A) -> raw env actions (..., H * frameskip, d): the `(f d)`

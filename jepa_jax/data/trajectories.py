@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jepa_jax import console, envs
+from jepa_jax import config_sections, console, envs
 from jepa_jax.data import integrity
 from jepa_jax.data import stats as stats_lib
 from jepa_jax.envs.base import Environment
@@ -60,10 +60,9 @@ class DataConfig:
   num_pred: int = 1
 
   def __post_init__(self):
-    for name in ('image_size', 'num_train_trajectories', 'num_validation_trajectories',
-                 'trajectory_length', 'frameskip', 'num_hist', 'num_pred'):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f'data.{name} must be >= 1, got {getattr(self, name)}')
+    config_sections.require_positive(self, 'data', (
+        'image_size', 'num_train_trajectories', 'num_validation_trajectories',
+        'trajectory_length', 'frameskip', 'num_hist', 'num_pred'))
 
   def num_trajectories(self, split: str) -> int:
     if split not in SPLITS:
@@ -74,11 +73,7 @@ class DataConfig:
 
 def as_data_config(data_config: Any) -> DataConfig:
   """DataConfig from a ConfigDict, dict or DataConfig (unknown keys raise TypeError)."""
-  if isinstance(data_config, DataConfig):
-    return data_config
-  if hasattr(data_config, 'to_dict'):
-    data_config = data_config.to_dict()
-  return DataConfig(**dict(data_config))
+  return config_sections.from_section(DataConfig, data_config)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jepa_jax import config_sections
 from jepa_jax import envs
 from jepa_jax import outputs
 from jepa_jax import sharding as sharding_lib
@@ -103,22 +104,17 @@ class LeWMConfig:
   train_encoder: bool = True
 
   def __post_init__(self):
-    for name in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'eval_horizon',
-                 'eval_batch_size', 'eval_num_batches', 'sigreg_directions',
-                 'statistics_batches', 'geometry_frames'):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f'lewm.{name} must be >= 1, got {getattr(self, name)}')
+    config_sections.require_positive(self, 'lewm', (
+        'batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'eval_horizon',
+        'eval_batch_size', 'eval_num_batches', 'sigreg_directions', 'statistics_batches',
+        'geometry_frames'))
     if self.sigreg_weight < 0:
       raise ValueError(f'lewm.sigreg_weight must be >= 0, got {self.sigreg_weight}')
 
 
 def as_lewm_config(section: Any) -> LeWMConfig:
   """LeWMConfig from a ConfigDict / dict / None (defaults); unknown keys raise TypeError."""
-  if section is None:
-    return LeWMConfig()
-  if hasattr(section, 'to_dict'):
-    section = section.to_dict()
-  return LeWMConfig(**dict(section))
+  return config_sections.from_section(LeWMConfig, section)
 
 
 def build_model(cfg: LeWMConfig, stats: dict, frameskip: int) -> model_lib.WorldModel:

@@ -9,6 +9,7 @@ the 96 seeded reference episodes.
 import dataclasses
 from typing import Any, Callable, Tuple
 
+from jepa_jax import config_sections
 from jepa_jax.planning import cem, gradient, mppi, objectives
 
 PLANNERS = ('cem', 'mppi', 'gd', 'adam')
@@ -92,9 +93,7 @@ class PlanningConfig:
 
 def as_planning_config(section: Any, **overrides) -> PlanningConfig:
   """PlanningConfig from a ConfigDict / dict plus overrides (unknown keys raise TypeError)."""
-  if hasattr(section, 'to_dict'):
-    section = section.to_dict()
-  return PlanningConfig(**{**dict(section), **overrides})
+  return config_sections.from_section(PlanningConfig, section, **overrides)
 
 
 def make_planner(config: PlanningConfig) -> Tuple[Callable, Any]:

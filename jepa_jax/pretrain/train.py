@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from jepa_jax import checkpoint as checkpoint_lib
+from jepa_jax import config_sections
 from jepa_jax import envs
 from jepa_jax import outputs
 from jepa_jax import sharding as sharding_lib
@@ -121,11 +122,10 @@ class PretrainConfig:
                        f'choose one of {OBJECTIVES}{hint}')
     if self.sigreg_weight < 0 or self.geometry_every < 0:
       raise ValueError('pretrain.sigreg_weight and pretrain.geometry_every must be >= 0')
-    for name in ('batch_size', 'num_steps', 'num_frames', 'frameskip', 'log_every',
-                 'checkpoint_every', 'probe_train_trajectories', 'probe_val_trajectories',
-                 'sigreg_directions', 'geometry_frames'):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f'pretrain.{name} must be >= 1, got {getattr(self, name)}')
+    config_sections.require_positive(self, 'pretrain', (
+        'batch_size', 'num_steps', 'num_frames', 'frameskip', 'log_every', 'checkpoint_every',
+        'probe_train_trajectories', 'probe_val_trajectories', 'sigreg_directions',
+        'geometry_frames'))
     if self.dtype not in DTYPES:
       raise ValueError(f'pretrain.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}')
     for name in ('ema_momentum', 'ema_momentum_end'):
@@ -140,11 +140,7 @@ class PretrainConfig:
 
 def as_pretrain_config(section: Any) -> PretrainConfig:
   """PretrainConfig from a ConfigDict / dict (unknown keys raise TypeError naming the key)."""
-  if isinstance(section, PretrainConfig):
-    return section
-  if hasattr(section, 'to_dict'):
-    section = section.to_dict()
-  return PretrainConfig(**dict(section))
+  return config_sections.from_section(PretrainConfig, section)
 
 
 def encoder_config(encoder_section: Any, num_frames: int) -> vit.ViTConfig:

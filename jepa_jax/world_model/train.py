@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from jepa_jax import config_sections
 from jepa_jax import outputs
 from jepa_jax import sharding
 from jepa_jax import training
@@ -85,10 +86,9 @@ class WorldModelConfig:
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f'world_model.compute_dtype={self.compute_dtype!r}; choose one of '
                        f'{tuple(COMPUTE_DTYPES)}')
-    for name in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'eval_horizon',
-                 'eval_batch_size', 'eval_num_batches'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'world_model.{name} must be >= 1, got {getattr(self, name)}')
+    config_sections.require_positive(self, 'world_model', (
+        'batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'eval_horizon',
+        'eval_batch_size', 'eval_num_batches'))
 
   def loss_config(self, rollout_context: int) -> losses.LossConfig:
     return losses.LossConfig(
@@ -151,9 +151,7 @@ def _model_inputs(batch):
 
 def as_world_model_config(section: Any) -> WorldModelConfig:
   """WorldModelConfig from a ConfigDict / dict (unknown keys raise TypeError naming the key)."""
-  if isinstance(section, WorldModelConfig):
-    return section
-  return WorldModelConfig(**dict(section.to_dict() if hasattr(section, 'to_dict') else section))
+  return config_sections.from_section(WorldModelConfig, section)
 
 
 def build_model(config, dataset_dir: str, encoder_path: str) -> tuple[Any, Any]:

@@ -124,6 +124,35 @@ def test_return_layers():
   np.testing.assert_allclose(shallow.apply({'params': sub}, video), first, atol=1e-5)
 
 
+def test_cls_readout_is_the_normalised_cls_token():
+  """readout='cls': the last block's CLS row through the final LayerNorm (re-derived in float64
+  numpy from the captured block output), shaped as a (1, 1) token grid; the patch readout of the
+  same weights is unchanged by it."""
+  small = dict(SMALL, tubelet_size=1)
+  cfg = vit.vit_config('tiny', **small, use_cls_token=True, readout='cls')
+  assert cfg.grid == (1, 1) and cfg.patch_grid == (4, 4)
+  enc = vit.ViTEncoder(cfg)
+  video = jax.random.normal(jax.random.key(11), (3, 1, 32, 32, 3))
+  params = jax.jit(enc.init)(jax.random.key(12), video)
+  out, state = enc.apply(params, video, capture_intermediates=True)
+  assert out.shape == (3, 1, 1, 1, 48)
+  last = np.asarray(state['intermediates'][f'blocks_{cfg.depth - 1}']['__call__'][0], np.float64)
+  cls = last[:, 0]
+  norm = params['params']['norm']
+  ref = ((cls - cls.mean(-1, keepdims=True)) / np.sqrt(cls.var(-1, keepdims=True) + 1e-6)
+         * np.asarray(norm['scale']) + np.asarray(norm['bias']))
+  np.testing.assert_allclose(np.asarray(out)[:, 0, 0, 0], ref, atol=1e-5)
+  patches = vit.ViTEncoder(vit.vit_config('tiny', **small, use_cls_token=True)).apply(params, video)
+  assert patches.shape == (3, 1, 4, 4, 48)
+  with pytest.raises(ValueError, match='use_cls_token'):
+    vit.vit_config('tiny', **small, readout='cls')
+  with pytest.raises(ValueError, match='readout'):
+    vit.vit_config('tiny', **small, readout='mean')
+  two_tubelets = jnp.zeros((1, 2, 32, 32, 3))
+  with pytest.raises(ValueError, match='one tubelet'):
+    enc.apply(params, two_tubelets)
+
+
 def test_bf16_encoder_agrees_with_f32():
   cfg = vit.vit_config('tiny', **SMALL, pos_embed='rope3d')
   video = jax.random.normal(jax.random.key(9), (1, 2, 32, 32, 3))

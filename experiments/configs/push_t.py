@@ -21,6 +21,8 @@ def get_config(variant='tiny'):
   config.world_model.update(batch_size=256, num_steps=200_000)
   config.planning.episode_set = 'random'  # goals come from trajectories: no seeded draw
   config.planning.update(horizon=5, num_execute=5)
+  # LeWM reads the pusher's proprio (DINO-WM's Push-T proprio): the block is only in the frames.
+  config.lewm.proprio_emb_dim = 16
   if variant != 'smoke':
     config.planning_extra.reference_open_loop = dict(horizon=6, num_execute=6, episode_steps=30)
   config = base.apply_variant(
@@ -29,9 +31,18 @@ def get_config(variant='tiny'):
                       trajectory_length=40),
       tiny_data=dict(num_train_trajectories=1000, num_validation_trajectories=50,
                      trajectory_length=100))
+  if variant in ('smoke', 'tiny'):
+    # LeWorldModel's latent: the CLS token of a ViT over 16 x 16 patches (one 64 x 64 patch is
+    # the Wall default). Measured (tiny, 3000 steps; ridge probes of the frozen latent on random
+    # states): block position 41-42 px against 39 px for one patch and 114 px for the mean, pusher
+    # 111 against 128 px (157 for the mean); patch 8 (64 tokens, 4x slower) 38.5 / 107 px.
+    # The T's arms and the pusher are 4 px wide at 64 px.
+    config.lewm.encoder.update(patch_size=16, use_cls_token=True, readout='cls',
+                               pos_embed='sincos3d')
   if variant == 'tiny':
-    # At the shared 1000 LeWM steps the encoder's probe error was that of a random encoder
-    # (158 vs 170 px, effective rank 4.5) and planning failed (0 %); 3000 steps: 143 px, rank
-    # 3.6, 0 %. The scene has 5 degrees of freedom (Wall's 2): a stronger SIGReg spreads them.
+    # At the shared 1000 LeWM steps the one-patch encoder's probe error was that of a random
+    # encoder (158 vs 170 px) and planning failed (0 %); SIGReg 0.02 spreads the scene's 5
+    # degrees of freedom (Wall's 2) over more channels (0.1: effective rank 10 instead of 4, no
+    # better probe).
     config.lewm.update(num_steps=3000, sigreg_weight=0.02)
   return config

@@ -59,7 +59,8 @@ class LeWMConfig:
   """The `lewm` section of the experiment config.
 
   encoder: `vit.vit_config` preset + overrides for single frames (tubelet 1); the default
-    patch = image size gives one global token per frame.
+    patch = image size gives one global token per frame, and `readout='cls'` (with
+    use_cls_token) LeWorldModel's own latent: the CLS token of a ViT over smaller patches.
   predictor, predictor_config, proprio_emb_dim: as in the `world_model` section (LeWM uses an
     AdaLN-zero predictor); proprio_emb_dim 0 = pixels only.
   sigreg_weight: lambda of SIGReg (LeWM: 0.1). Measured on Wall (1000 steps, 20 episodes,

@@ -3,7 +3,9 @@
 `ViTEncoder(config, dtype).apply({'params': p}, video (B, T, H, W, C), token_indices=None,
 return_layers=())` -> patch tokens after the final LayerNorm, `(B, T', H', W', D)` with
 T' = T / tubelet_size, H' = H / patch_size, W' = W / patch_size (CLS / register tokens dropped),
-or `(B, K, D)` for the K tokens selected by `token_indices`.
+or `(B, K, D)` for the K tokens selected by `token_indices`. With `readout='cls'` (LeWorldModel:
+the CLS token is the frame's latent) the output is the CLS token alone, `(B, 1, 1, 1, D)`, of a
+clip that is a single tubelet.
 
 Position embeddings (`config.pos_embed`):
   'sincos3d'  fixed V-JEPA 1 table added after patch embedding: channels [frame | row | col] of
@@ -41,6 +43,7 @@ Dtype = Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POS_EMBEDS = ('learned', 'sincos3d', 'rope3d', 'none')
+READOUTS = ('patches', 'cls')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,9 @@ class ViTConfig:
   layerscale_init: None = no LayerScale (V-JEPA); a float = DINOv2 LayerScale init.
   pos_embed_grid: (Hg, Wg) grid of the learned table; None = image_size // patch_size.
   interpolate_offset: DINOv2's +0.1 in the bicubic scale factor (0 = plain size-based resize).
+  readout: 'patches' (the patch tokens) or 'cls' (the CLS token only: one global latent per
+    frame that still sees the image through patch_size x patch_size patches; needs
+    use_cls_token).
   """
   image_size: int = 224
   patch_size: int = 16
@@ -72,8 +78,13 @@ class ViTConfig:
   rope_layout: str = 'reference'
   sincos_uniform_power: bool = False
   interpolate_offset: float = 0.1
+  readout: str = 'patches'
 
   def __post_init__(self):
+    if self.readout not in READOUTS:
+      raise ValueError(f'unknown encoder readout {self.readout!r}; choose one of {READOUTS}')
+    if self.readout == 'cls' and not self.use_cls_token:
+      raise ValueError("encoder readout='cls' needs use_cls_token=True")
     if self.pos_embed not in POS_EMBEDS:
       raise ValueError(f'unknown pos_embed {self.pos_embed!r}; choose one of {POS_EMBEDS}')
     if self.width % self.num_heads:
@@ -83,7 +94,12 @@ class ViTConfig:
 
   @property
   def grid(self) -> tuple[int, int]:
-    """Nominal patch grid (H', W')."""
+    """Nominal output token grid (H', W'): the patch grid, or (1, 1) for the CLS readout."""
+    return (1, 1) if self.readout == 'cls' else self.patch_grid
+
+  @property
+  def patch_grid(self) -> tuple[int, int]:
+    """Nominal patch grid (H', W') of `image_size` frames."""
     return (self.image_size // self.patch_size,) * 2
 
 
@@ -267,7 +283,7 @@ class ViTEncoder(nn.Module):
       table = sincos3d_table(cfg.width, grid, cfg.sincos_uniform_power)
       x = x + jnp.asarray(table, self.dtype)
     elif cfg.pos_embed == 'learned':
-      hg, wg = cfg.pos_embed_grid or cfg.grid
+      hg, wg = cfg.pos_embed_grid or cfg.patch_grid
       table = self.param('pos_embed', layers.trunc_normal(0.02), (1, n_cls + hg * wg, cfg.width),
                          jnp.float32)
       cls_pos = table[:, :n_cls]
@@ -306,11 +322,18 @@ class ViTEncoder(nn.Module):
 
     wanted = sorted({i % cfg.depth for i in return_layers})
     norm = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'norm')
-    out_shape = (batch, -1, cfg.width) if token_indices is not None else (
-        (batch,) + grid + (cfg.width,))
+    if cfg.readout == 'cls' and (token_indices is not None or grid[0] != 1):
+      raise ValueError(f"encoder readout='cls' encodes whole clips of one tubelet, got token "
+                       f"grid {grid} (token_indices given: {token_indices is not None})")
+    if cfg.readout == 'cls':
+      out_shape, keep = (batch, 1, 1, 1, cfg.width), slice(0, 1)
+    else:
+      out_shape = (batch, -1, cfg.width) if token_indices is not None else (
+          (batch,) + grid + (cfg.width,))
+      keep = slice(n_prefix, None)
 
     def finish(h):
-      return norm(h)[:, n_prefix:].reshape(out_shape)
+      return norm(h[:, keep]).reshape(out_shape)
 
     intermediates = {}
     for i in range(cfg.depth):

@@ -3,7 +3,8 @@
 The block's pose is only in the frames: proprio is the pusher's position and velocity. Data:
 the scripted noisy pusher of `jepa_jax.envs.push_t` (DINO-WM used 18.5k noisy expert
 trajectories; ours are generated here). Paper batch 256 (REFERENCE.md section 4). The CPU
-variants train LeWorldModel from pixels alone, as Wall's do (see wall.py).
+variants train LeWorldModel, as Wall's do (see wall.py), reading the pusher's proprio; the
+`pixels_only` row scores the visual latents alone.
 
 Planning protocol: LeWorldModel's, whose goals we use (the state 25 data-policy steps ahead):
 a 50-step budget (`push_t.EPISODE_STEPS`, twice the goal offset), CEM plans of 5 model steps

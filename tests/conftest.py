@@ -5,8 +5,11 @@ cannot reuse; the persistent cache, keyed on the compiled program, does (the wor
 test: 207 -> 114 s). The slow end-to-end tests are collected first, so that xdist starts them
 first instead of leaving one at the tail of the run."""
 
+import contextlib
 import os
 import tempfile
+
+import pytest
 
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
@@ -19,3 +22,22 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 def pytest_collection_modifyitems(config, items):
   del config
   items.sort(key=lambda item: item.get_closest_marker('slow') is None)  # stable: slow first
+
+
+@pytest.fixture
+def parsed_flags():
+  """`parsed_flags(name='value', ...)`: absl flags set as if parsed from a command line, and
+  restored after the test. Unlike `flags.FLAGS(argv)` it does not validate the flags of other
+  binaries that earlier tests imported into the same global FLAGS (their required flags would
+  fail the parse, depending on which tests an xdist worker ran before)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  with contextlib.ExitStack() as stack:
+    def set_flags(**values):
+      flags.FLAGS.mark_as_parsed()
+      stack.enter_context(flagsaver.as_parsed(**values))
+    try:
+      yield set_flags
+    finally:
+      stack.close()
+      flags.FLAGS.unparse_flags()

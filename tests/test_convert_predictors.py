@@ -356,19 +356,14 @@ def test_not_a_predictor_checkpoint(tmp_path):
     convert.convert_reference_predictor(_adaln_checkpoint(), 'adaln', num_heads=7)
 
 
-def test_binary_writes_a_loadable_export(tmp_path):
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def test_binary_writes_a_loadable_export(tmp_path, parsed_flags):
   from experiments import convert_checkpoint as binary  # pylint: disable=g-import-not-at-top
   predictor, proprio = _torch_adaln(seed=3)
   source = reference_file(str(tmp_path / 'adaln.pth.tar'),
                           {'predictor': predictor, 'proprio_encoder': proprio})
   out = str(tmp_path / 'export')
-  flags.FLAGS(['convert_checkpoint', '--kind=adaln', f'--input={source}', f'--output={out}',
-               '--num_heads=2', '--grid_size=3,4'])
-  try:
-    binary.main(['convert_checkpoint'])
-  finally:
-    flags.FLAGS.unparse_flags()
+  parsed_flags(kind='adaln', input=source, output=out, num_heads='2', grid_size='3,4')
+  binary.main(['convert_checkpoint'])
   kind, config, params, extra = checkpoint_lib.load_model(out)
   assert kind == 'predictor' and config['kind'] == 'adaln' and extra['converted_from'] == 'adaln'
   assert sorted(params) == ['predictor', 'proprio_encoder']

@@ -117,15 +117,10 @@ def test_bad_settings_fail_with_a_clear_message():
     dataclasses.replace(TINY, dtype='float16')
 
 
-def test_binary_presets_and_overrides():
-  from absl import flags  # pylint: disable=g-import-not-at-top
+def test_binary_presets_and_overrides(parsed_flags):
   from experiments import bench_planning  # pylint: disable=g-import-not-at-top
-  flags.FLAGS(['bench_planning', '--presets=medium,paper_cpu', '--samples=32',
-               '--episodes=1,8', '--dtype=bfloat16'])
-  try:
-    medium, paper = bench_planning.specs_from_flags()
-  finally:
-    flags.FLAGS.unparse_flags()
+  parsed_flags(presets='medium,paper_cpu', samples='32', episodes='1,8', dtype='bfloat16')
+  medium, paper = bench_planning.specs_from_flags()
   assert (medium.grid, medium.latent_dim, medium.depth, medium.heads, medium.iters) == (
       (8, 8), 192, 6, 16, 2)
   assert (paper.grid, paper.latent_dim, paper.iters, paper.horizon) == ((16, 16), 384, 1, 2)

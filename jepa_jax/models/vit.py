@@ -322,10 +322,10 @@ class ViTEncoder(nn.Module):
 
     wanted = sorted({i % cfg.depth for i in return_layers})
     norm = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'norm')
-    if cfg.readout == 'cls' and (token_indices is not None or grid[0] != 1):
-      raise ValueError(f"encoder readout='cls' encodes whole clips of one tubelet, got token "
-                       f"grid {grid} (token_indices given: {token_indices is not None})")
     if cfg.readout == 'cls':
+      if token_indices is not None or grid[0] != 1:
+        raise ValueError(f"encoder readout='cls' encodes whole clips of one tubelet, got token "
+                         f"grid {grid} (token_indices given: {token_indices is not None})")
       out_shape, keep = (batch, 1, 1, 1, cfg.width), slice(0, 1)
     else:
       out_shape = (batch, -1, cfg.width) if token_indices is not None else (

@@ -65,6 +65,7 @@ def evaluate(env: Environment, agent: Agent, config: PlanningConfig, seed: int =
   data = {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
   successes, random_successes = int(data['success'].sum()), int(data['random_success'].sum())
   frameskip = agent.frameskip
+  num_plans = mpc.num_plans(config, env, frameskip)
   results = dict(
       success_rate=successes / n,
       success_ci=confidence.wilson_interval(successes, n).as_dict(),
@@ -85,9 +86,9 @@ def evaluate(env: Environment, agent: Agent, config: PlanningConfig, seed: int =
       protocol=dict(episode_steps=mpc.episode_steps(config, env), frameskip=frameskip,
                     num_execute=config.num_execute, warm_start=config.warm_start,
                     # Open loop = one plan per episode (every action of it executed).
-                    open_loop=mpc.num_plans(config, env, frameskip) == 1,
+                    open_loop=num_plans == 1,
                     plan_horizons=mpc.plan_horizons(config, env, frameskip),
-                    num_plans_per_episode=mpc.num_plans(config, env, frameskip)),
+                    num_plans_per_episode=num_plans),
       devices=n_dev,
       eval_wall_s=eval_s,
   )

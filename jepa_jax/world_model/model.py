@@ -126,16 +126,16 @@ def cached_window_unroll(step_fn, z0, pe0, actions):
   if horizon < 1:
     raise ValueError(f'unroll needs at least one action step, got actions {actions.shape}')
   with_pe = pe0 is not None
-  z1, pe1, cache = step_fn(z0[:, None], actions[:, :1], pe0[:, None] if with_pe else None,
-                           return_kv_cache=True)
-  z1 = z1[:, 0].astype(z0.dtype)
-  pe1 = pe1[:, 0].astype(pe0.dtype) if with_pe else None
+
+  def one_frame(z, pe, action, **window):  # one frame in, its prediction (and cache) out
+    out = step_fn(z[:, None], action, pe[:, None] if with_pe else None, **window)
+    return (out[0][:, 0].astype(z0.dtype),
+            out[1][:, 0].astype(pe0.dtype) if with_pe else None) + tuple(out[2:])
+
+  z1, pe1, cache = one_frame(z0, pe0, actions[:, :1], return_kv_cache=True)
   if horizon == 1:
     return z1[:, None], (pe1[:, None] if with_pe else None)
-  z2, pe2 = step_fn(z1[:, None], actions[:, 1:2], pe1[:, None] if with_pe else None,
-                    first_frame=1, kv_cache=cache)
-  z2 = z2[:, 0].astype(z0.dtype)
-  pe2 = pe2[:, 0].astype(pe0.dtype) if with_pe else None
+  z2, pe2 = one_frame(z1, pe1, actions[:, 1:2], first_frame=1, kv_cache=cache)
   zs, pes = [z1[:, None], z2[:, None]], [pe1[:, None], pe2[:, None]] if with_pe else None
   if horizon > 2:
     rest, pe_rest = _scan_windows(step_fn, actions, ((z1, z2), (pe1, pe2)), first_step=2)

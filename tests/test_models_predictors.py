@@ -148,6 +148,32 @@ def test_adaln_predictor_matches_numpy_float64():
   _check_against_numpy(vis, prop, params, z, a, pe, TINY)
 
 
+def test_attention_in_cache_sized_blocks_matches_numpy_float64(monkeypatch):
+  """The CPU path that attends a few (batch, head) pairs per loop step gives the model's values:
+  blocks of at most 3 of the B * heads = 8 pairs are forced by a tiny logits budget."""
+  model, params, (z, a, pe), _ = _setup('adaln')
+  pairs = z.shape[0] * TINY['num_heads']
+  tokens = 16  # one frame of the 4 x 4 grid: the first frame's logits are (16, 16) per pair
+  monkeypatch.setattr(layers, 'CPU_LOGITS_BLOCK_BYTES', 3 * 4 * tokens * tokens)
+  assert layers.attention_block_pairs(pairs, tokens, tokens) in (1, 2, 3)
+  assert pairs % layers.attention_block_pairs(pairs, tokens, tokens) == 0
+  # A fresh trace under the small budget (the shared jitted apply was traced without it).
+  vis, prop = jax.jit(lambda p, *x: model.apply({'params': p}, *x))(params, z, a, pe)
+  _check_against_numpy(vis, prop, params, z, a, pe, TINY)
+
+
+def test_attention_block_pairs():
+  """One step when the logits fit; else the largest divisor that fits, at least 1."""
+  budget = layers.CPU_LOGITS_BLOCK_BYTES
+  assert layers.attention_block_pairs(1024, 16, 16) == 1024
+  per_pair = 4 * 256 * 512
+  block = layers.attention_block_pairs(1024, 256, 512)
+  assert block * per_pair <= budget < 2 * block * per_pair and 1024 % block == 0
+  fitting_divisors = [d for d in (1, 3, 7, 21) if d * per_pair <= budget]
+  assert layers.attention_block_pairs(21, 256, 512) == max(fitting_divisors)
+  assert layers.attention_block_pairs(13, 4096, 4096) == 1  # one pair over budget: one at a time
+
+
 def test_adaln_per_patch_proprio_input_and_first_patch_readout():
   """Per-patch proprio embeddings in (B, T, H, W, Pe); the 'first_patch' option reads (0, 0)."""
   _, params, (z, a, _), _ = _setup('adaln')

@@ -81,7 +81,7 @@ def attention_block_pairs(pairs: int, num_queries: int, num_keys: int) -> int:
   per_pair = 4 * num_queries * num_keys
   if jax.default_backend() != 'cpu' or pairs * per_pair <= CPU_LOGITS_BLOCK_BYTES:
     return pairs
-  block = max(1, min(pairs, CPU_LOGITS_BLOCK_BYTES // per_pair))
+  block = max(1, CPU_LOGITS_BLOCK_BYTES // per_pair)  # < pairs: the logits do not all fit
   while pairs % block:
     block -= 1
   return block
@@ -121,14 +121,13 @@ def softmax_attend(q, k, v, *, mask=None, dropout: Callable | None = None):
   Returns:
     `(B, h, Nq, hd)` in v's dtype.
   """
-  batch, heads, num_queries, head_dim = q.shape
-  pairs = batch * heads
-  block = attention_block_pairs(pairs, num_queries, k.shape[2])
+  pairs = q.shape[0] * q.shape[1]
+  block = attention_block_pairs(pairs, q.shape[2], k.shape[2])
   if mask is not None or dropout is not None or block == pairs:
     return _attend(q, k, v, mask, dropout)
   blocks = lambda t: t.reshape(pairs // block, block, *t.shape[2:])
   out = jax.lax.map(lambda qkv: _attend(*qkv, None, None), (blocks(q), blocks(k), blocks(v)))
-  return out.reshape(batch, heads, num_queries, head_dim)
+  return out.reshape(q.shape)
 
 
 def frame_causal_attend(q, k, v, num_frames: int, *, prefix=None,

@@ -50,7 +50,8 @@ _READOUT = flags.DEFINE_enum('proprio_readout', None, ['per_patch', 'first_patch
                              'first patch.')
 _CHUNK = flags.DEFINE_integer('chunk_size', None,
                              'Override: jepa_jax scores the candidates this many at a time '
-                             '(0 = all at once).')
+                             '(0 = automatic: cache-sized chunks on a CPU, all at once on an '
+                             'accelerator).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed jepa_jax plans per row (median).')
 _TORCH_REPEATS = flags.DEFINE_integer('torch_repeats', None,
                                       'Timed torch plans (median); default --repeats.')

@@ -23,18 +23,21 @@ flags.DEFINE_string('workdir', None, 'Stage-3 output directory.', required=True)
 flags.DEFINE_string('world_model', None,
                     'Exported stage-2 model (default <workdir>/../world_model/model).')
 flags.DEFINE_bool('oracle', False, 'Plan with the true dynamics (no learned model).')
+flags.DEFINE_list('extra_rows', None, 'Only these rows of config.planning_extra besides the '
+                  'main one (default: all; --extra_rows= plans the main row alone).')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  run.planning_rows(FLAGS.config)  # every row's settings are checked before any work
+  run.planning_rows(FLAGS.config, FLAGS.extra_rows)  # every row is checked before any work
   world_model = None if FLAGS.oracle else (
       FLAGS.world_model or layout.sibling(FLAGS.workdir, layout.WORLD_MODEL_EXPORT))
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='planning',
                                        inputs=[world_model] if world_model else [])
   with outputs.WorkdirLock(workdir):
-    results = run.run_planning(workdir, FLAGS.config, world_model, use_oracle=FLAGS.oracle)
+    results = run.run_planning(workdir, FLAGS.config, world_model, use_oracle=FLAGS.oracle,
+                               extra_rows=FLAGS.extra_rows)
   ci = results['success_ci']
   console.result('stage 3', f"{results['agent']}: success {results['success_rate']:.1%} "
                  f"[{ci['low']:.1%}, {ci['high']:.1%}] on {results['episodes']} {results['episode_set']} "

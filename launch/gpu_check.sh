@@ -60,7 +60,7 @@ if (( dry_run )); then
 else
   # 1 episode: the reference's unit of work; 8 episodes batched on the one GPU. Candidates are
   # scored 100 at a time (8 x 300 at once would hold ~40 GB of attention logits per layer);
-  # override with BENCH_FLAGS=--chunk_size=N (0 = all at once).
+  # override with BENCH_FLAGS=--chunk_size=N (0 = all at once on a GPU).
   bench=(--presets=paper_gpu --episodes=1,8 --repeats=2 --torch_repeats=1
          --peak_n=8192 --dtype=bfloat16 --chunk_size=100)
 fi

@@ -63,6 +63,11 @@ CASES = [
      'already holds files not written by jepa_jax'),
     ('plan_without_a_world_model', PLAN, [SMOKE, '--workdir={tmp}/job/planning'],
      'no exported world model'),
+    ('plan_unknown_row', PLAN, [SMOKE, '--oracle', '--extra_rows=mcp', '--workdir={tmp}/rows'],
+     "unknown planning rows ['mcp']"),
+    ('plan_unknown_oracle_cost', PLAN,
+     [SMOKE, '--oracle', '--config.planning.oracle_cost=latent', '--workdir={tmp}/cost'],
+     "oracle_cost='latent' must be one of"),
     # Settings of a later stage are checked before the first stage starts.
     ('pipeline_bad_planner_budget', PIPELINE,
      ['--config=experiments/configs/wall.py:paper_vjepa', '--config.planning.num_samples=8',

@@ -250,6 +250,36 @@ def test_adaln_incremental_window_equals_the_whole_window():
     run(z[:, 2:], a[:, 2:], pe[:, 2:], first_frame=2)
 
 
+def test_adaln_output_frames_match_numpy_float64():
+  # output_frames=F: the last block computes only the last F frames (the others give keys and
+  # values); the outputs are those frames of the float64 re-derivation, also after a cache.
+  module, params, (z, a, pe), _ = _setup('adaln')
+  pn = _np(params)
+  want = [_np_adaln_predictor(pn, *(np.asarray(t[b], np.float64) for t in (z, a, pe)), TINY,
+                              'per_patch') for b in range(z.shape[0])]
+  run = jax.jit(functools.partial(module.apply, {'params': params}),
+                static_argnames=('first_frame', 'return_kv_cache', 'output_frames'))
+
+  def check(outputs, frames):
+    vis, prop = outputs[:2]
+    assert vis.shape == z[:, :frames].shape
+    for b, (rv, rp) in enumerate(want):
+      np.testing.assert_allclose(np.asarray(vis[b]), rv[-frames:], rtol=2e-4, atol=2e-4)
+      np.testing.assert_allclose(np.asarray(prop[b]), rp[-frames:], rtol=2e-4, atol=2e-4)
+
+  for frames in (1, 2, 3):
+    check(run(z, a, pe, output_frames=frames), frames)
+  _, _, full_cache = run(z[:, :2], a[:, :2], pe[:, :2], return_kv_cache=True)
+  _, _, cache = run(z[:, :2], a[:, :2], pe[:, :2], return_kv_cache=True, output_frames=1)
+  for got, expected in zip(cache, full_cache):  # the skipped queries leave the keys/values
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  head_cache = run(z[:, :1], a[:, :1], pe[:, :1], return_kv_cache=True)[2]
+  check(run(z[:, 1:], a[:, 1:], pe[:, 1:], first_frame=1, kv_cache=head_cache,
+            output_frames=1), 1)
+  with pytest.raises(ValueError, match='output_frames'):
+    run(z, a, pe, output_frames=4)
+
+
 def test_adaln_zero_blocks_are_identity_at_init():
   block = layers.AdaLNBlock(num_heads=4, mlp_dim=64, modulation_std=0.0)
   x = jax.random.normal(jax.random.key(4), (2, 3 * 5, 32))

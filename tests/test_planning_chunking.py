@@ -73,3 +73,41 @@ def test_chunks_bound_the_batch_the_cost_sees():
   np.testing.assert_allclose(got, np.sum(np.asarray(actions) ** 2, axis=(1, 2)))
   with pytest.raises(ValueError, match='chunk_size'):
     chunking.chunked_cost(cost_fn, 0)
+
+
+def test_cpu_chunk_size_fits_the_budget_and_divides():
+  """The largest divisor of N whose estimated working set (32 bytes per latent element: a
+  2-frame window's 4x-wide MLP activations in float32) fits CPU_CHUNK_BYTES; N when all fit."""
+  budget = chunking.CPU_CHUNK_BYTES
+  per_candidate = 32 * 8 * 8 * 192
+  size = chunking.cpu_chunk_size(300, (8, 8, 192))
+  assert 300 % size == 0 and size * per_candidate <= budget
+  assert all(300 % d or d * per_candidate > budget for d in range(size + 1, 301))
+  assert chunking.cpu_chunk_size(300, (1, 1, 64)) == 300       # 600 KB in all: one call
+  assert chunking.cpu_chunk_size(7, (64, 64, 1024)) == 1       # one candidate over budget
+
+
+@pytest.mark.parametrize('budget_candidates,want', [(2, [2]), (None, [6])])
+def test_agent_cost_scores_cache_sized_chunks_by_default(monkeypatch, budget_candidates, want):
+  # chunk_size=0 (the default) lets the cost pick the chunk from the latent's shape: with a
+  # budget of two candidates' working set the unroll sees chunks of 2, else all 6 at once; the
+  # costs are the numpy ones either way.
+  from jepa_jax.planning import agent  # pylint: disable=g-import-not-at-top
+  if budget_candidates:
+    monkeypatch.setattr(chunking, 'CPU_CHUNK_BYTES', budget_candidates * 32 * GH * GW * D)
+  params, goal_z, goal_pe, actions = _setup()
+  actions = actions[:6]
+  seen = []
+
+  def unroll(params, z0, pe0, candidates):
+    seen.append(candidates.shape[0])
+    return toy_predictions(params, candidates)
+
+  config = objectives.ObjectiveConfig(proprio_weight=0.1)
+  state = {'z': jnp.zeros((GH, GW, D)), 'pe': jnp.zeros((PE,))}
+  goal = {'z': jnp.asarray(goal_z, jnp.float32), 'pe': jnp.asarray(goal_pe, jnp.float32)}
+  got = jax.jit(agent.latent_planning_cost(unroll, config))(params, state, goal,
+                                                            jnp.asarray(actions, jnp.float32))
+  assert seen == want
+  np.testing.assert_allclose(got, np_cost(params, goal_z, goal_pe, actions, 0.1, True),
+                             rtol=1e-5, atol=1e-6)

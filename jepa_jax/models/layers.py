@@ -181,7 +181,8 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, mask=None, positions=None, causal_frames: int | None = None,
-               kv_prefix=None, return_kv: bool = False, deterministic: bool = True):
+               kv_prefix=None, return_kv: bool = False, query_frames: int | None = None,
+               deterministic: bool = True):
     """Args:
       x: `(B, N, D)` tokens.
       mask: bool broadcastable to `(B, heads, N, N)`, True = may attend; None = full.
@@ -192,9 +193,12 @@ class Attention(nn.Module):
       kv_prefix: None, or `(k, v)` `(B, heads, P, head_dim)` of earlier frames of the window
         (RoPE applied), attended by every query; needs causal_frames.
       return_kv: also return this call's `(k, v)` `(B, heads, N, head_dim)` (RoPE applied).
+      query_frames: Q = only the last Q of the causal_frames frames query (the earlier ones
+        are keys/values only, like a kv_prefix): the output is theirs alone, `(B, Q*N/T, D)`.
+        Exact: under frame-causal attention no later frame changes an earlier one's output.
       deterministic: disables dropout (dropout needs the 'dropout' rng otherwise).
     Returns:
-      `(B, N, D)`, and `(k, v)` with return_kv.
+      `(B, N, D)` (`(B, Q*N/T, D)` with query_frames), and `(k, v)` with return_kv.
     """
     batch, length, width = x.shape
     head_dim = self.head_dim or width // self.num_heads
@@ -202,8 +206,12 @@ class Attention(nn.Module):
       raise ValueError(f'width {width} is not divisible by num_heads {self.num_heads}')
     if mask is not None and causal_frames is not None:
       raise ValueError('Attention: give either mask or causal_frames, not both')
-    if kv_prefix is not None and causal_frames is None:
-      raise ValueError('Attention: kv_prefix needs causal_frames (frame-causal attention)')
+    if (kv_prefix is not None or query_frames) and causal_frames is None:
+      raise ValueError('Attention: kv_prefix and query_frames need causal_frames '
+                       '(frame-causal attention)')
+    if query_frames and not 0 < query_frames <= causal_frames:
+      raise ValueError(f'Attention: query_frames={query_frames} must be in [1, causal_frames='
+                       f'{causal_frames}]')
     inner = self.num_heads * head_dim
     qkv = dense(3 * inner, self.dtype, 'qkv', use_bias=self.qkv_bias)(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
@@ -216,14 +224,21 @@ class Attention(nn.Module):
     drop = None
     if self.dropout and not deterministic:
       drop = lambda p: nn.Dropout(self.dropout)(p, deterministic=False)
+    kv = (k, v)
+    if query_frames:  # the earlier frames join the prefix: keys/values only
+      keys = (length // causal_frames) * (causal_frames - query_frames)
+      earlier = (k[:, :, :keys], v[:, :, :keys])
+      kv_prefix = earlier if kv_prefix is None else tuple(
+          jnp.concatenate(pair, axis=2) for pair in zip(kv_prefix, earlier))
+      q, k, v, causal_frames = q[:, :, keys:], k[:, :, keys:], v[:, :, keys:], query_frames
     if causal_frames is not None:
       out = frame_causal_attend(q, k, v, causal_frames, prefix=kv_prefix, dropout=drop)
     else:
       out = softmax_attend(q, k, v, mask=mask, dropout=drop)
-    out = out.transpose(0, 2, 1, 3).reshape(batch, length, inner)
+    out = out.transpose(0, 2, 1, 3).reshape(batch, q.shape[2], inner)
     out = dense(width, self.dtype, 'proj', std=self.proj_std)(out)
     out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
-    return (out, (k, v)) if return_kv else out
+    return (out, kv) if return_kv else out
 
 
 class Mlp(nn.Module):
@@ -319,15 +334,18 @@ class AdaLNBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, cond, *, mask=None, positions=None, causal: bool = False,
-               kv_prefix=None, return_kv: bool = False):
+               kv_prefix=None, return_kv: bool = False, query_frames: int | None = None):
     """Args:
       x: `(B, T*N, D)` tokens, frame-major (N tokens per frame).
       cond: `(B, T, C)` per-frame condition (the embedded action).
       mask, positions: as in Attention.
       causal: frame-causal attention over the T frames of `cond` (block by block, no mask).
       kv_prefix, return_kv: as in Attention (cached keys/values of earlier frames).
+      query_frames: Q = only the last Q frames go on past the attention's keys/values (see
+        Attention): the block returns theirs alone, `(B, Q*N, D)`; needs causal.
     Returns:
-      `(B, T*N, D)`, and the attention's `(k, v)` with return_kv.
+      `(B, T*N, D)` (`(B, Q*N, D)` with query_frames), and the attention's `(k, v)` with
+      return_kv.
     """
     batch, length, width = x.shape
     frames = cond.shape[1]
@@ -338,8 +356,8 @@ class AdaLNBlock(nn.Module):
     mod = mod[:, :, None, :]  # (B, T, 1, 6D): broadcast over the frame's tokens
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
 
-    def per_frame(fn, t):  # applies fn to (B, T, N, D) and returns (B, T*N, D)
-      return fn(t.reshape(batch, frames, length // frames, width)).reshape(batch, length, width)
+    def per_frame(fn, t):  # applies fn to (B, T', N, D) and returns (B, T'*N, D)
+      return fn(t.reshape(batch, -1, length // frames, width)).reshape(t.shape)
 
     out_std = 0.02 / math.sqrt(2 * self.layer_id) if self.layer_id > 0 else 0.02
     h = per_frame(lambda t: t * (1 + scale1) + shift1,
@@ -347,8 +365,13 @@ class AdaLNBlock(nn.Module):
     h = Attention(self.num_heads, None, self.qkv_bias, self.rope_layout, 0.0, out_std,
                   self.dtype, name='attn')(h, mask=mask, positions=positions,
                                            causal_frames=frames if causal else None,
-                                           kv_prefix=kv_prefix, return_kv=return_kv)
+                                           kv_prefix=kv_prefix, return_kv=return_kv,
+                                           query_frames=query_frames)
     h, kv = h if return_kv else (h, None)
+    if query_frames:  # the rest of the block for the querying frames only
+      x = x[:, length - h.shape[1]:]
+      gate1, shift2, scale2, gate2 = (m[:, frames - query_frames:]
+                                      for m in (gate1, shift2, scale2, gate2))
     x = x + per_frame(lambda t: gate1 * t, h)
     h = per_frame(lambda t: t * (1 + scale2) + shift2,
                   layer_norm(self.layernorm_eps, self.dtype, 'norm2')(x))
@@ -365,7 +388,8 @@ REMAT_POLICIES = {
 
 
 def scan_blocks(parent: nn.Module, block: nn.Module, depth: int, prefix: str, x, *args,
-                remat: str = 'none', per_block: dict | None = None, **kwargs):
+                remat: str = 'none', per_block: dict | None = None,
+                last_block: dict | None = None, **kwargs):
   """Applies `depth` copies of `block` in sequence; the compiled graph holds ONE block.
 
   The parameters keep one subtree per block, `{prefix}{i}` for i < depth (the layout the
@@ -382,6 +406,8 @@ def scan_blocks(parent: nn.Module, block: nn.Module, depth: int, prefix: str, x,
     remat: key of REMAT_POLICIES: 'none', 'full' or 'dots' (gradient checkpointing per block).
     per_block: keyword arguments that differ per block, each a pytree with a leading `depth`
       axis; block i gets slice i.
+    last_block: keyword arguments for the last block only (it then runs after the scan of
+      the others), e.g. AdaLNBlock's query_frames.
   Returns:
     the output of the last block; when the block returns `(x, extra)`, `(x, extras)` with
     the extras stacked on a leading `depth` axis.
@@ -389,27 +415,43 @@ def scan_blocks(parent: nn.Module, block: nn.Module, depth: int, prefix: str, x,
   if remat not in REMAT_POLICIES:
     raise ValueError(f'unknown remat policy {remat!r}; choose one of {tuple(REMAT_POLICIES)}')
   per_block = per_block or {}
+  last_block = last_block or {}
 
   def split(out):  # a block's output -> (carry, extra or None)
     return out if isinstance(out, tuple) else (out, None)
+
+  def stack(trees):  # a list of like pytrees -> one pytree with a leading list axis
+    return None if trees[0] is None else jax.tree.map(lambda *t: jnp.stack(t), *trees)
 
   if parent.is_initializing():  # create the per-block params, one block after the other
     extras = []
     for i in range(depth):
       mine = jax.tree.map(lambda t: t[i], per_block)
       x, extra = split(block.clone(parent=parent, name=f'{prefix}{i}', layer_id=i + 1)(
-          x, *args, **kwargs, **mine))
+          x, *args, **kwargs, **mine, **(last_block if i == depth - 1 else {})))
       extras.append(extra)
-    return x if extras[0] is None else (x, jax.tree.map(lambda *e: jnp.stack(e), *extras))
+    extras = stack(extras)
+    return x if extras is None else (x, extras)
   params = parent.variables['params']
-  stacked = jax.tree.map(lambda *p: jnp.stack(p),
-                         *[params[f'{prefix}{i}'] for i in range(depth)])
+  scanned = depth - 1 if last_block else depth
 
-  def body(carry, xs):
-    block_params, mine = xs
-    return split(block.apply({'params': block_params}, carry, *args, **kwargs, **mine))
+  def make_body(block_kwargs):
+    def body(carry, xs):
+      block_params, mine = xs
+      return split(block.apply({'params': block_params}, carry, *args, **kwargs, **mine,
+                               **block_kwargs))
+    policy = REMAT_POLICIES[remat]
+    return body if policy is None else jax.checkpoint(body, policy=policy)
 
-  if REMAT_POLICIES[remat] is not None:
-    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-  x, extras = jax.lax.scan(body, x, (stacked, per_block))
+  extras = None
+  if scanned:
+    stacked = stack([params[f'{prefix}{i}'] for i in range(scanned)])
+    x, extras = jax.lax.scan(make_body({}), x,
+                             (stacked, jax.tree.map(lambda t: t[:scanned], per_block)))
+  if last_block:
+    x, extra = make_body(last_block)(
+        x, (params[f'{prefix}{depth - 1}'], jax.tree.map(lambda t: t[-1], per_block)))
+    if extra is not None:
+      extras = stack([extra]) if extras is None else jax.tree.map(
+          lambda a, b: jnp.concatenate([a, b[None]]), extras, extra)
   return x if extras is None else (x, extras)

@@ -166,7 +166,8 @@ class AdaLNPredictor(nn.Module):
 
   @nn.compact
   def __call__(self, latents, actions, proprio_emb=None, *, deterministic: bool = True,
-               first_frame: int = 0, kv_cache=None, return_kv_cache: bool = False):
+               first_frame: int = 0, kv_cache=None, return_kv_cache: bool = False,
+               output_frames: int = 0):
     """`(B,T,H,W,Dv), (B,T,A), (B,T,Pe)|(B,T,H,W,Pe)|None -> ((B,T,H,W,Dv), proprio|None)`,
     proprio `(B,T,H,W,Pe)` ('per_patch' readout) or `(B,T,Pe)` ('first_patch').
 
@@ -177,6 +178,9 @@ class AdaLNPredictor(nn.Module):
         `0..first_frame-1` of the same window: per block `(k, v)`, each
         `(depth, B, heads, first_frame*H*W, head_dim)`.
       return_kv_cache: also return this call's cache (its frames' per-block keys/values).
+    output_frames: F > 0 returns the predictions of the last F frames only (`T` -> `F` in the
+      output shapes; the planner's unroll keeps only the newest frame): the last block computes
+      its queries, attention output and MLP for those frames alone, the same values.
     Returns `(visual, proprio)`, or `(visual, proprio, kv_cache)` with return_kv_cache.
     """
     del deterministic  # no dropout in this model
@@ -186,6 +190,9 @@ class AdaLNPredictor(nn.Module):
     if (kv_cache is None) != (first_frame == 0):
       raise ValueError(f'{type(self).__name__}: first_frame={first_frame} needs the kv_cache of '
                        'frames 0..first_frame-1 (and first_frame=0 takes none)')
+    if not 0 <= output_frames <= frames:
+      raise ValueError(f'{type(self).__name__}: output_frames={output_frames} must be in '
+                       f'[0, {frames}] (0 = every frame given)')
     embed_dim = cfg.embed_dim or cfg.latent_dim
     x = layers.dense(embed_dim, self.dtype, 'predictor_embed')(latents)
     x = _concat_proprio(x, proprio_emb)
@@ -199,10 +206,12 @@ class AdaLNPredictor(nn.Module):
     x = layers.scan_blocks(self, block, cfg.depth, 'predictor_blocks_', x, cond,
                            positions=positions[first_frame * height * width:], causal=True,
                            return_kv=return_kv_cache, remat=cfg.remat,
-                           per_block={} if kv_cache is None else {'kv_prefix': kv_cache})
+                           per_block={} if kv_cache is None else {'kv_prefix': kv_cache},
+                           last_block={'query_frames': output_frames} if 0 < output_frames < frames
+                           else None)
     x, new_cache = x if return_kv_cache else (x, None)
     x = layers.layer_norm(cfg.layernorm_eps, self.dtype, 'predictor_norm')(x)
-    x = x.reshape(batch, frames, height, width, cfg.width)
+    x = x.reshape(batch, -1, height, width, cfg.width)
     visual = layers.dense(cfg.latent_dim, self.dtype, 'predictor_proj')(x[..., :embed_dim])
     proprio = None
     if cfg.proprio_emb_dim:

@@ -41,8 +41,10 @@ def latent_planning_cost(unroll: Callable, objective: objectives.ObjectiveConfig
   """Agent cost `(params, state, goal, actions (N, H, A)) -> (N,)` for latent states
   {'z': (h, w, D), 'pe': proprio embedding or None}: broadcasts the state over the candidates,
   unrolls `unroll(params, z0 (n, h, w, D), pe0 (n, ...)|None, actions) -> (z (n, H, ...), pe)`
-  and scores the predictions against the goal with `objectives.latent_cost`; with
-  `chunk_size > 0` the N candidates are scored `chunk_size` at a time (bounded memory)."""
+  and scores the predictions against the goal with `objectives.latent_cost`. The N
+  candidates are scored `chunk_size` at a time (bounded memory); 0 picks the size from the
+  latent's shape (`chunking.cpu_chunk_size`: cache-sized chunks on a CPU, all at once on an
+  accelerator)."""
 
   def cost_fn(params, state, goal, actions):
     n = actions.shape[0]
@@ -50,7 +52,14 @@ def latent_planning_cost(unroll: Callable, objective: objectives.ObjectiveConfig
     pe0 = None if state['pe'] is None else jnp.broadcast_to(state['pe'], (n,) + state['pe'].shape)
     z, pe = unroll(params, z0, pe0, actions)
     return objectives.latent_cost(z, goal['z'], pe, goal['pe'], objective)
-  return chunking.chunked_cost(cost_fn, chunk_size or None)
+
+  if chunk_size:
+    return chunking.chunked_cost(cost_fn, chunk_size)
+
+  def cache_sized_chunks(params, state, goal, actions):
+    size = chunking.cpu_chunk_size(actions.shape[0], state['z'].shape)
+    return chunking.chunked_cost(cost_fn, size)(params, state, goal, actions)
+  return cache_sized_chunks
 
 
 def world_model_agent(model, params, objective: objectives.ObjectiveConfig, env: Environment,

@@ -71,7 +71,8 @@ class BenchSpec:
   CEM budget. episodes: batch sizes of the device sweep. dtype: 'float32' | 'bfloat16'
   (compute dtype of both implementations). proprio_readout: 'per_patch' (the reference) or
   'first_patch' (see `predictors.AdaLNConfig`). chunk_size: jepa_jax scores the N candidates
-  this many at a time (0 = all at once; bounds the plan's memory).
+  this many at a time (bounds the plan's memory; 0 = the planner's automatic choice,
+  `chunking.cpu_chunk_size`: cache-sized chunks on a CPU, all at once on an accelerator).
   """
   grid: tuple = (16, 16)
   latent_dim: int = 384
@@ -244,8 +245,7 @@ def jax_cost_fn(module, chunk_size: int = 0,
                 objective: objectives.ObjectiveConfig = objectives.ObjectiveConfig()):
   """`cost(params, state, goal, actions (N, H, A)) -> (N,)`: the planning agent's cost
   (`agent.latent_planning_cost`) over the sliding-window unroll of `module`."""
-  return agent.latent_planning_cost(jax_unroll(module), objective,
-                                    chunk_size or None)  # None: one batch
+  return agent.latent_planning_cost(jax_unroll(module), objective, chunk_size)
 
 
 def random_state(spec: BenchSpec, key, batch: Sequence[int] = ()) -> dict:

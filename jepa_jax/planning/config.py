@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Callable, Tuple
 
 from jepa_jax import config_sections
-from jepa_jax.planning import cem, gradient, mppi, objectives
+from jepa_jax.planning import cem, gradient, mppi, objectives, oracle
 
 PLANNERS = ('cem', 'mppi', 'gd', 'adam')
 EPISODE_SETS = ('reference', 'random')
@@ -29,11 +29,13 @@ class PlanningConfig:
   episode_steps (env steps per episode; 0: the environment's), warm_start (shift the previous
   plan into the next initial mean; not in the reference), shrink_horizon (a replan never plans
   past the episode's end, as the reference), action_low/high (box in normalised model units),
-  objective_* (latent cost), cost_chunk_size (candidates scored at once; 0 = all: bounds the
-  plan's peak memory), episode_set ('reference': the reference's seeded episodes, 'random':
+  objective_* (latent cost), cost_chunk_size (candidates scored at once, which bounds the
+  plan's peak memory; 0 = automatic: cache-sized chunks on a CPU, all at once on an
+  accelerator, see `chunking.cpu_chunk_size`), episode_set ('reference': the reference's seeded episodes, 'random':
   drawn from `seed`), num_episodes, episode_batch_size (episodes planned by one call of the
   compiled program: a progress line per batch; 0 = all at once), oracle_action_scale (raw env units per normalised unit for
-  the oracle), num_gifs, latency_repeats (timed single plans for the latency median).
+  the oracle), oracle_cost ('state': the true state's `env.oracle_cost`; 'pixels': the squared
+  difference of the final and goal frames at the data's image size, see `oracle.oracle_agent`), num_gifs, latency_repeats (timed single plans for the latency median).
   """
   planner: str = 'cem'
   episode_set: str = 'reference'
@@ -65,6 +67,7 @@ class PlanningConfig:
   objective_visual_weight: float = 1.0
   cost_chunk_size: int = 0
   oracle_action_scale: float = 1.0
+  oracle_cost: str = 'state'
   num_gifs: int = 8
   latency_repeats: int = 5
 
@@ -81,7 +84,9 @@ class PlanningConfig:
                        '(0 plans all episodes at once)')
     if self.cost_chunk_size < 0:
       raise ValueError(f'planning.cost_chunk_size={self.cost_chunk_size} must be >= 0 '
-                       '(0 scores all candidates at once)')
+                       '(0 chooses it: cache-sized chunks on a CPU, all at once elsewhere)')
+    if self.oracle_cost not in oracle.COSTS:
+      raise ValueError(f'planning.oracle_cost={self.oracle_cost!r} must be one of {oracle.COSTS}')
     self.objective()  # the objective's own checks
     make_planner(self)  # the planner's own checks (elites, horizon, ...) before any work
 

@@ -3,7 +3,7 @@ protocol of `config.planning` and every extra row of `config.planning_extra` on 
 episodes, write `results.json`, a plot and episode GIFs into the workdir."""
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from jepa_jax import envs, outputs, provenance, sharding
 from jepa_jax.planning import agent as agent_lib
@@ -11,13 +11,19 @@ from jepa_jax.planning import evaluate, oracle, visualize
 from jepa_jax.planning.config import as_planning_config
 
 
-def planning_rows(config) -> dict:
+def planning_rows(config, extra_rows: Optional[Sequence[str]] = None) -> dict:
   """`{row name: PlanningConfig}`: 'main' is `config.planning`; each entry of
-  `config.planning_extra` overrides some of its keys (validated here, before any work)."""
+  `config.planning_extra` overrides some of its keys (validated here, before any work).
+  extra_rows: only these entries of `planning_extra` (None: all of them)."""
   rows = {'main': as_planning_config(config.planning)}
   extra = config.get('planning_extra', {})
-  for name, overrides in (extra.to_dict() if hasattr(extra, 'to_dict') else extra).items():
-    rows[name] = as_planning_config(config.planning, **overrides)
+  extra = extra.to_dict() if hasattr(extra, 'to_dict') else dict(extra)
+  unknown = sorted(set(extra_rows or ()) - set(extra))
+  if unknown:
+    raise ValueError(f'unknown planning rows {unknown}; the config has {sorted(extra)}')
+  for name, overrides in extra.items():
+    if extra_rows is None or name in extra_rows:
+      rows[name] = as_planning_config(config.planning, **overrides)
   return rows
 
 
@@ -38,7 +44,8 @@ def load_model(config, world_model_path: Optional[str]):
 def make_agent(config, env, planning, model_and_params):
   """The learned agent of a loaded world model, or the oracle when it is None."""
   if model_and_params is None:
-    return oracle.oracle_agent(env, config.data.frameskip, planning.oracle_action_scale)
+    return oracle.oracle_agent(env, config.data.frameskip, planning.oracle_action_scale,
+                               planning.oracle_cost, config.data.image_size)
   model, params = model_and_params
   return agent_lib.world_model_agent(model, params, planning.objective(), env,
                                      image_size=config.data.image_size,
@@ -46,7 +53,8 @@ def make_agent(config, env, planning, model_and_params):
 
 
 def run_planning(workdir: str, config, world_model_path: Optional[str] = None, *,
-                 use_oracle: bool = False) -> dict:
+                 use_oracle: bool = False,
+                 extra_rows: Optional[Sequence[str]] = None) -> dict:
   """Evaluates the configured planner on `config.env` and writes the results.
 
   Args:
@@ -55,13 +63,14 @@ def run_planning(workdir: str, config, world_model_path: Optional[str] = None, *
       `data.frameskip`, `data.image_size`, `seed`, `mesh`).
     world_model_path: exported stage-2 model; ignored with `use_oracle`.
     use_oracle: plan with the true dynamics instead of a learned model.
+    extra_rows: only these rows of `planning_extra` (None: all).
   Returns:
     the results dict written to results.json: the main row's results (see
     `evaluate.evaluate`), 'rows' {name: results} for every extra row, 'agent',
     'world_model_path', 'plot', 'gifs', 'provenance'.
   """
   env = envs.get(config.env)
-  rows = planning_rows(config)
+  rows = planning_rows(config, extra_rows)
   mesh = sharding.make_mesh(config.mesh.to_dict()) if 'mesh' in config else None
   os.makedirs(workdir, exist_ok=True)
   model_and_params = None if use_oracle else load_model(config, world_model_path)

@@ -81,10 +81,11 @@ def sliding_window_unroll(predict_fn, z0, pe0, actions):
   return zs, pes
 
 
-def _scan_windows(predict_fn, actions, carry, first_step: int):
+def _scan_windows(predict_fn, actions, carry, first_step: int, **newest_only):
   """Steps `first_step .. H-1` of the sliding window, one `lax.scan`: step h feeds the last two
   latents `carry = ((z_prev, z_cur), (pe_prev, pe_cur))` (pe None without proprio) with
-  actions (a_{h-1}, a_h) and keeps the newest prediction.
+  actions (a_{h-1}, a_h) and keeps the newest prediction (`newest_only`: keyword arguments
+  that make `predict_fn` compute only that one, e.g. the AdaLN predictor's output_frames=1).
 
   Returns:
     (z (B, H - first_step, h, w, D), pe (B, H - first_step, ...) | None).
@@ -95,7 +96,7 @@ def _scan_windows(predict_fn, actions, carry, first_step: int):
     (z_prev, z_cur), (pe_prev, pe_cur) = carry
     a = jax.lax.dynamic_slice_in_dim(actions, h - 1, 2, axis=1)
     pe_window = jnp.stack([pe_prev, pe_cur], 1) if with_pe else None
-    z_out, pe_out = predict_fn(jnp.stack([z_prev, z_cur], 1), a, pe_window)
+    z_out, pe_out = predict_fn(jnp.stack([z_prev, z_cur], 1), a, pe_window, **newest_only)
     z_next = z_out[:, -1].astype(z_cur.dtype)
     pe_next = pe_out[:, -1].astype(pe_cur.dtype) if with_pe else None
     return ((z_cur, z_next), (pe_cur, pe_next)), (z_next, pe_next)
@@ -112,12 +113,15 @@ def cached_window_unroll(step_fn, z0, pe0, actions):
   frame `[z0]` (action `a_0`): same inputs, same position 0, attending only to itself. Step 0
   therefore returns its per-block keys/values and step 1 feeds only its newest frame, at
   position 1, attending to them. Steps h >= 2 feed their 2-frame window as before (its older
-  frame `z_h-1` was computed at position 1 in step h-1, so nothing else repeats).
+  frame `z_h-1` was computed at position 1 in step h-1, so nothing else repeats), asking for
+  the newest frame's prediction only (`output_frames=1`): the older frame's last block then
+  computes just its keys and values (21 % fewer FLOPs per step at depth 2, 7 % at depth 6;
+  measured on 300 candidates, horizon 6: 4x4x64 depth 2 9 % faster, 8x8x192 depth 6 2 %).
 
   Args:
     step_fn: `(z (B,T,h,w,D), a (B,T,A), pe|None, first_frame=0, kv_cache=None,
-      return_kv_cache=False) -> (z', pe'[, kv_cache])`, the predictor's incremental-window
-      call (see `predictors.AdaLNPredictor`).
+      return_kv_cache=False, output_frames=0) -> (z', pe'[, kv_cache])`, the predictor's
+      incremental-window call (see `predictors.AdaLNPredictor`).
     z0, pe0, actions: as in `sliding_window_unroll`.
   Returns:
     as `sliding_window_unroll`.
@@ -138,7 +142,8 @@ def cached_window_unroll(step_fn, z0, pe0, actions):
   z2, pe2 = one_frame(z1, pe1, actions[:, 1:2], first_frame=1, kv_cache=cache)
   zs, pes = [z1[:, None], z2[:, None]], [pe1[:, None], pe2[:, None]] if with_pe else None
   if horizon > 2:
-    rest, pe_rest = _scan_windows(step_fn, actions, ((z1, z2), (pe1, pe2)), first_step=2)
+    rest, pe_rest = _scan_windows(step_fn, actions, ((z1, z2), (pe1, pe2)), first_step=2,
+                                  output_frames=1)
     zs.append(rest)
     if with_pe:
       pes.append(pe_rest)
@@ -221,7 +226,8 @@ class WorldModel:
     Args: z (B, T, h, w, D), actions_norm (B, T, A), pe (B, T, Pe) or per patch
       (B, T, h, w, Pe) or None; dropout_rng: a key enables training-mode dropout (DINO-WM
       predictor), None = deterministic; window: the AdaLN predictor's incremental-window
-      arguments (`first_frame`, `kv_cache`, `return_kv_cache`: see `cached_window_unroll`).
+      arguments (`first_frame`, `kv_cache`, `return_kv_cache`: see `cached_window_unroll`)
+      and `output_frames` (predict the last F frames only).
     Returns: (z_next (B, T, h, w, D), pe_next or None[, kv_cache with return_kv_cache]),
       pe_next (B, T, h, w, Pe) for a per-patch predictor (AdaLN default), else (B, T, Pe).
     """
@@ -234,6 +240,8 @@ class WorldModel:
     if not self.residual:
       return out
     z_delta, pe_delta = out[:2]
+    # With output_frames the deltas are those of the last frames only.
+    z, pe = (None if x is None else x[:, x.shape[1] - z_delta.shape[1]:] for x in (z, pe))
     pe_next = None if pe is None else broadcast_proprio(pe, pe_delta) + pe_delta
     return (z + z_delta, pe_next) + tuple(out[2:])
 

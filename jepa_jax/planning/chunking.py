@@ -8,7 +8,7 @@ the costs equal those of one batched call (up to the rounding of differently blo
 
 Chunks are also faster on a CPU: scored all at once, the activations of 300 candidates (about
 130 MB per layer at 8x8x192) stream through memory between every matmul and elementwise op;
-a chunk whose activations stay in the caches runs 1.3-1.4x faster (measured on the planner's
+a chunk whose activations stay in the caches runs 1.4-1.5x faster (measured on the planner's
 AdaLN unroll: 8x8x192, 300 candidates, 19.6 -> 13.3 s; paper size, 64 candidates, 10.3 ->
 7.3 s). `cpu_chunk_size` picks that chunk when the config leaves it open.
 """
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 # Working set of one CPU chunk: a quarter of a 32 MiB L3, a few times a core's L2 (measured:
-# 2-16 MiB chunks run within noise of each other, all at once 1.3-1.4x slower).
+# 2-16 MiB chunks run within noise of each other, all at once 1.4-1.5x slower).
 CPU_CHUNK_BYTES = 8 * 2 ** 20
 
 

@@ -86,18 +86,21 @@ python -m experiments.run_pipeline --workdir="$out/smoke" "${smoke[@]}" 2>&1 \
 step "summary"
 python - "$out/bench.json" <<'EOF'
 import json, sys
+def fmt(value, spec):  # JSON null (a NaN: no data-sheet peak, no device counter) -> n/a
+  return 'n/a' if value is None else format(value, spec)
 for r in json.load(open(sys.argv[1]))['results']:
   print(f"{r['device_kind']}: {r['spec']['samples']} samples x {r['spec']['iters']} iterations, "
         f"horizon {r['spec']['horizon']}, {r['spec']['dtype']}, {r['plan_gflop'] / 1e3:.1f} "
-        f"TFLOP per plan; MFU peak {r['mfu_peak_tflops']} TFLOP/s (dense bf16, data sheet)")
+        f"TFLOP per plan; MFU peak {fmt(r['mfu_peak_tflops'], '')} TFLOP/s (dense bf16, data sheet)")
   print(f"  parity: max |cost_jax - cost_torch| {r['parity']['max_abs_diff']:.3g} (float32)")
   for w in r['rows']:
     print(f"  {w['episodes']} episode(s): jepa_jax {w['jax_s_per_plan']:.3f} s/plan, torch "
-          f"{w['torch_s_per_plan']:.3f} s/plan ({w['speedup']:.2f}x), "
-          f"{w['jax_tflop_per_s']:.1f} TFLOP/s, MFU {w['jax_mfu']:.1%} (torch "
-          f"{w['torch_mfu']:.1%}), compile {w['jax_compile_s']:.1f} s, memory "
-          f"{w['jax_xla_memory_gb']:.2f} GB (XLA temp+args) / {w['jax_device_peak_gb']:.2f} GB "
-          f"(device peak), torch {w['torch_peak_gb']:.2f} GB")
+          f"{fmt(w['torch_s_per_plan'], '.3f')} s/plan ({fmt(w['speedup'], '.2f')}x), "
+          f"{fmt(w['jax_tflop_per_s'], '.1f')} TFLOP/s, MFU {fmt(w['jax_mfu'], '.1%')} (torch "
+          f"{fmt(w['torch_mfu'], '.1%')}), compile {w['jax_compile_s']:.1f} s, memory "
+          f"{fmt(w['jax_xla_memory_gb'], '.2f')} GB (XLA temp+args) / "
+          f"{fmt(w['jax_device_peak_gb'], '.2f')} GB (device peak), torch "
+          f"{fmt(w['torch_peak_gb'], '.2f')} GB")
 EOF
 echo "smoke summary: $out/smoke/summary.json"
 step "done"

@@ -155,6 +155,7 @@ def test_attention_in_cache_sized_blocks_matches_numpy_float64(monkeypatch):
   pairs = z.shape[0] * TINY['num_heads']
   tokens = 16  # one frame of the 4 x 4 grid: the first frame's logits are (16, 16) per pair
   monkeypatch.setattr(layers, 'CPU_LOGITS_BLOCK_BYTES', 3 * 4 * tokens * tokens)
+  monkeypatch.setattr(layers, 'CPU_MIN_BLOCKED_PAIR_BYTES', 0)
   assert layers.attention_block_pairs(pairs, tokens, tokens) in (1, 2, 3)
   assert pairs % layers.attention_block_pairs(pairs, tokens, tokens) == 0
   # A fresh trace under the small budget (the shared jitted apply was traced without it).
@@ -163,9 +164,13 @@ def test_attention_in_cache_sized_blocks_matches_numpy_float64(monkeypatch):
 
 
 def test_attention_block_pairs():
-  """One step when the logits fit; else the largest divisor that fits, at least 1."""
+  """One step when the logits fit or each pair's are small; else the largest divisor that
+  fits, at least 1."""
   budget = layers.CPU_LOGITS_BLOCK_BYTES
   assert layers.attention_block_pairs(1024, 16, 16) == 1024
+  small_pair = 4 * 64 * 128  # 8x8 tokens per frame: under the per-pair minimum
+  assert small_pair < layers.CPU_MIN_BLOCKED_PAIR_BYTES and 4096 * small_pair > budget
+  assert layers.attention_block_pairs(4096, 64, 128) == 4096
   per_pair = 4 * 256 * 512
   block = layers.attention_block_pairs(1024, 256, 512)
   assert block * per_pair <= budget < 2 * block * per_pair and 1024 % block == 0

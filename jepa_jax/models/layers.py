@@ -70,16 +70,23 @@ def gelu_exact(x: jnp.ndarray) -> jnp.ndarray:
 # each step's logits in cache: 3.5x faster attention at paper size (head dim 24), with the same
 # bits. Accelerators fuse or tile attention themselves and take it in one piece.
 CPU_LOGITS_BLOCK_BYTES = 4 * 2 ** 20
+# Blocks pay only when each pair's logits are large. Measured on the planner's chunked cost:
+# paper size (256 x 512 logits per pair, 512 KiB) runs 1.5x faster blocked, while 8x8x192
+# (64 x 128, 32 KiB; 10 MB in a chunk of 20) runs 1.3x SLOWER blocked, at every block size
+# tried (0.5-4 MiB): its small per-pair matmuls run best as one batched op.
+CPU_MIN_BLOCKED_PAIR_BYTES = 128 * 2 ** 10
 
 
 def attention_block_pairs(pairs: int, num_queries: int, num_keys: int) -> int:
   """How many of `pairs` (batch, head) pairs one loop step of `softmax_attend` attends.
 
-  Returns `pairs` (one step) off the CPU or when all logits fit in CPU_LOGITS_BLOCK_BYTES, else
-  the largest divisor of `pairs` whose float32 logits fit (at least 1).
+  Returns `pairs` (one step) off the CPU, when all logits fit in CPU_LOGITS_BLOCK_BYTES or
+  when one pair's logits are under CPU_MIN_BLOCKED_PAIR_BYTES; else the largest divisor of
+  `pairs` whose float32 logits fit (at least 1).
   """
   per_pair = 4 * num_queries * num_keys
-  if jax.default_backend() != 'cpu' or pairs * per_pair <= CPU_LOGITS_BLOCK_BYTES:
+  if (jax.default_backend() != 'cpu' or pairs * per_pair <= CPU_LOGITS_BLOCK_BYTES
+      or per_pair < CPU_MIN_BLOCKED_PAIR_BYTES):
     return pairs
   block = max(1, CPU_LOGITS_BLOCK_BYTES // per_pair)  # < pairs: the logits do not all fit
   while pairs % block:

@@ -77,21 +77,28 @@ CPU_LOGITS_BLOCK_BYTES = 4 * 2 ** 20
 CPU_MIN_BLOCKED_PAIR_BYTES = 128 * 2 ** 10
 
 
-def attention_block_pairs(pairs: int, num_queries: int, num_keys: int) -> int:
-  """How many of `pairs` (batch, head) pairs one loop step of `softmax_attend` attends.
+def cpu_cache_block(count: int, item_bytes: int, budget_bytes: int) -> int:
+  """How many of `count` like items to process at once so that they fit a CPU cache budget.
 
-  Returns `pairs` (one step) off the CPU, when all logits fit in CPU_LOGITS_BLOCK_BYTES or
-  when one pair's logits are under CPU_MIN_BLOCKED_PAIR_BYTES; else the largest divisor of
-  `pairs` whose float32 logits fit (at least 1).
+  Returns `count` (all at once) off the CPU or when all fit in `budget_bytes`, else the largest
+  divisor of `count` whose items fit (at least 1; a divisor, so no block is padded).
   """
-  per_pair = 4 * num_queries * num_keys
-  if (jax.default_backend() != 'cpu' or pairs * per_pair <= CPU_LOGITS_BLOCK_BYTES
-      or per_pair < CPU_MIN_BLOCKED_PAIR_BYTES):
-    return pairs
-  block = max(1, CPU_LOGITS_BLOCK_BYTES // per_pair)  # < pairs: the logits do not all fit
-  while pairs % block:
+  if jax.default_backend() != 'cpu' or count * item_bytes <= budget_bytes:
+    return count
+  block = max(1, budget_bytes // item_bytes)  # < count: the items do not all fit
+  while count % block:
     block -= 1
   return block
+
+
+def attention_block_pairs(pairs: int, num_queries: int, num_keys: int) -> int:
+  """How many of `pairs` (batch, head) pairs one loop step of `softmax_attend` attends:
+  `cpu_cache_block` of their float32 logits in CPU_LOGITS_BLOCK_BYTES, or `pairs` (one step)
+  when one pair's logits are under CPU_MIN_BLOCKED_PAIR_BYTES."""
+  per_pair = 4 * num_queries * num_keys
+  if per_pair < CPU_MIN_BLOCKED_PAIR_BYTES:
+    return pairs
+  return cpu_cache_block(pairs, per_pair, CPU_LOGITS_BLOCK_BYTES)
 
 
 def _attend(q, k, v, mask, dropout):

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jepa_jax.models import layers
+
 # Working set of one CPU chunk: a quarter of a 32 MiB L3, a few times a core's L2 (measured:
 # 2-16 MiB chunks run within noise of each other, all at once 1.4-1.5x slower).
 CPU_CHUNK_BYTES = 8 * 2 ** 20
@@ -33,13 +35,8 @@ def cpu_chunk_size(num_candidates: int, latent_shape: Sequence[int]) -> int:
   MLP hidden layer of a 2-frame window: 2 frames x h*w tokens x (4 x D) channels x 4 bytes
   for a latent of shape `latent_shape` (h, w, D) (MLP ratio 4, float32).
   """
-  per_candidate = 2 * 4 * 4 * math.prod(latent_shape)
-  if jax.default_backend() != 'cpu' or num_candidates * per_candidate <= CPU_CHUNK_BYTES:
-    return num_candidates
-  size = max(1, CPU_CHUNK_BYTES // per_candidate)
-  while num_candidates % size:
-    size -= 1
-  return size
+  return layers.cpu_cache_block(num_candidates, 2 * 4 * 4 * math.prod(latent_shape),
+                                CPU_CHUNK_BYTES)
 
 
 def chunked_cost(cost_fn: Callable, chunk_size: int | None) -> Callable:

@@ -31,11 +31,13 @@ class PlanningConfig:
   past the episode's end, as the reference), action_low/high (box in normalised model units),
   objective_* (latent cost), cost_chunk_size (candidates scored at once, which bounds the
   plan's peak memory; 0 = automatic: cache-sized chunks on a CPU, all at once on an
-  accelerator, see `chunking.cpu_chunk_size`), episode_set ('reference': the reference's seeded episodes, 'random':
-  drawn from `seed`), num_episodes, episode_batch_size (episodes planned by one call of the
-  compiled program: a progress line per batch; 0 = all at once), oracle_action_scale (raw env units per normalised unit for
-  the oracle), oracle_cost ('state': the true state's `env.oracle_cost`; 'pixels': the squared
-  difference of the final and goal frames at the data's image size, see `oracle.oracle_agent`), num_gifs, latency_repeats (timed single plans for the latency median).
+  accelerator, see `chunking.cpu_chunk_size`), episode_set ('reference': the reference's
+  seeded episodes, 'random': drawn from `seed`), num_episodes, episode_batch_size (episodes
+  planned by one call of the compiled program: a progress line per batch; 0 = all at once),
+  oracle_action_scale (raw env units per normalised unit for the oracle), oracle_cost
+  ('state': the true state's `env.oracle_cost`; 'pixels': the squared difference of the final
+  and goal frames at the data's image size, see `oracle.oracle_agent`), num_gifs,
+  latency_repeats (timed single plans for the latency median).
   """
   planner: str = 'cem'
   episode_set: str = 'reference'

@@ -88,11 +88,22 @@ def test_benchmark_runs_end_to_end_with_every_column():
     assert row['jax_peak_share'] == pytest.approx(row['jax_gflop_per_s'] / 100.0)
     assert row['jax_xla_memory_gb'] > 0
   assert result['parity']['max_rel_diff'] < 1e-4
+  assert result['torch']['timed_with'] == (2, 2)
   report = benchmark.format_report([result])
   assert 'parity' in report and 'matmul peak' in report
   assert report.splitlines()[-2] == ' | '.join(benchmark.COLUMNS)
   json.loads(json.dumps(result))  # JSON-ready
   assert any(line.startswith('parity') for line in logged)
+
+
+def test_interleaved_times_take_the_plans_in_turns():
+  """a, b, a, b, a: a load change between minutes hits both sides; each gets its count."""
+  calls = []
+  plans = {'jax': lambda: calls.append('jax'), 'torch': lambda: calls.append('torch')}
+  times = benchmark.interleaved_times(plans, {'jax': 3, 'torch': 2})
+  assert calls == ['jax', 'torch', 'jax', 'torch', 'jax']
+  assert [len(times['jax']), len(times['torch'])] == [3, 2]
+  assert all(t >= 0 for ts in times.values() for t in ts)
 
 
 def test_device_sweep_uses_the_counts_that_divide_the_episodes():

@@ -13,7 +13,8 @@ time when > 0) of the AdaLN predictor unrolled by `world_model.model.cached_wind
 (the reference's sliding window, one frame pass less; same result);
 E episodes sharded over a 'data' mesh of `devices` devices (the device sweep), params
 replicated. Compile (`lower().compile()`) is timed apart from the steady state (median of
-`repeats` calls after one untimed call, each `block_until_ready`). torch side:
+`repeats` calls after one untimed call, each `block_until_ready`; the torch plans of the
+first row are timed in turns with it, so a change of machine load hits both). torch side:
 `torch_reference.cem_plan` under `inference_mode`, one episode per plan as in the reference,
 `torch.set_num_threads(available cores)` unless told otherwise, CUDA when present (bf16 autocast when the compute
 dtype is bf16).
@@ -327,9 +328,12 @@ def cost_parity(spec: BenchSpec, reference, module, params, num_actions: int = 8
 # ----------------------------------------------------------------------------- timing
 
 
-def time_jax_plan(spec: BenchSpec, module, params, episodes: int, devices: int,
-                  repeats: int = 3, seed: int = 0) -> dict:
-  """Compiles and times one batched CEM plan of `episodes` episodes sharded over `devices`."""
+def jax_planner(spec: BenchSpec, module, params, episodes: int, devices: int, seed: int = 0
+                ) -> tuple[Callable[[], None], dict]:
+  """Compiles one batched CEM plan of `episodes` episodes sharded over `devices`, runs it once
+  untimed (allocations), and returns `(plan, info)`: `plan()` runs it and waits for the
+  result; info holds compile_s (`lower().compile()`), xla_memory_gb (temp + argument bytes
+  per device) and a `device_peak_gb()` reader (NaN where the device reports no peak)."""
   if episodes % devices:
     raise ValueError(f'episodes={episodes} must be a multiple of devices={devices}')
   if devices > len(jax.devices()):
@@ -354,25 +358,23 @@ def time_jax_plan(spec: BenchSpec, module, params, episodes: int, devices: int,
   t0 = time.perf_counter()
   compiled = planner.lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(*args))  # first run (allocations) is not timed
-  times = []
-  for _ in range(max(1, repeats)):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
+  plan = lambda: jax.block_until_ready(compiled(*args))
+  plan()
   memory = compiled.memory_analysis()
-  stats = jax.devices()[0].memory_stats() or {}
-  return dict(compile_s=compile_s, batch_s=statistics.median(times),
-              xla_memory_gb=(memory.temp_size_in_bytes + memory.argument_size_in_bytes) / GB
-              if memory is not None else float('nan'),
-              device_peak_gb=stats.get('peak_bytes_in_use', float('nan')) / GB)
+  return plan, dict(
+      compile_s=compile_s,
+      xla_memory_gb=(memory.temp_size_in_bytes + memory.argument_size_in_bytes) / GB
+      if memory is not None else float('nan'),
+      device_peak_gb=lambda: (jax.devices()[0].memory_stats() or {}).get(
+          'peak_bytes_in_use', float('nan')) / GB)
 
 
-def time_torch_plan(spec: BenchSpec, reference, repeats: int = 3, seed: int = 0,
-                    threads: Optional[int] = None) -> dict:
-  """Times one episode's plan of the torch baseline: the median of `repeats` plans after a
-  warm-up cost evaluation of N candidates (allocations, kernel selection), with `threads`
-  intra-op threads (default: the available cores)."""
+def torch_planner(spec: BenchSpec, reference, seed: int = 0, threads: Optional[int] = None
+                  ) -> tuple[Callable[[], None], dict]:
+  """The torch baseline's plan of one episode, warmed up by one cost evaluation of N
+  candidates (allocations, kernel selection): `(plan, info)`, `plan()` runs it and waits;
+  info: device, threads (`threads` intra-op threads, default the available cores) and a
+  `peak_gb()` reader (CUDA `max_memory_allocated` since the warm-up; NaN on a CPU)."""
   torch = import_torch(threads or available_cores())
   from jepa_jax.planning import torch_reference  # pylint: disable=g-import-not-at-top
   device = torch_device(torch)
@@ -385,25 +387,34 @@ def time_torch_plan(spec: BenchSpec, reference, repeats: int = 3, seed: int = 0,
 
   def plan():
     with torch.inference_mode():
-      out = torch_reference.cem_plan(cost, spec.horizon, spec.action_dim, spec.samples,
-                                     spec.iters, spec.elites, generator=generator,
-                                     device=device)
+      torch_reference.cem_plan(cost, spec.horizon, spec.action_dim, spec.samples, spec.iters,
+                               spec.elites, generator=generator, device=device)
     sync()
-    return out
 
   with torch.inference_mode():
     cost(torch.zeros(spec.samples, spec.horizon, spec.action_dim, device=device))
   sync()
   if device == 'cuda':
     torch.cuda.reset_peak_memory_stats()
-  times = []
-  for _ in range(max(1, repeats)):
-    t0 = time.perf_counter()
-    plan()
-    times.append(time.perf_counter() - t0)
-  peak = torch.cuda.max_memory_allocated() / GB if device == 'cuda' else float('nan')
-  return dict(plan_s=statistics.median(times), peak_gb=peak, device=device,
-              threads=torch.get_num_threads())
+  peak_gb = ((lambda: torch.cuda.max_memory_allocated() / GB) if device == 'cuda'
+             else (lambda: float('nan')))
+  return plan, dict(device=device, threads=torch.get_num_threads(), peak_gb=peak_gb)
+
+
+def interleaved_times(plans: dict[str, Callable[[], Any]], repeats: dict[str, int]
+                      ) -> dict[str, list[float]]:
+  """Wall seconds of `repeats[name]` calls of each `plans[name]` (each call waits for its
+  result), taken in turns (a, b, a, b, ...): on a shared machine the load changes between
+  minutes, and a change then slows both sides alike instead of one (measured on this 2-core
+  CPU: the same plan 7.1 s and 8.7 s minutes apart)."""
+  times = {name: [] for name in plans}
+  while any(len(times[name]) < max(1, repeats[name]) for name in plans):
+    for name, plan in plans.items():
+      if len(times[name]) < max(1, repeats[name]):
+        t0 = time.perf_counter()
+        plan()
+        times[name].append(time.perf_counter() - t0)
+  return times
 
 
 # ----------------------------------------------------------------------------- the run
@@ -423,17 +434,15 @@ def run_benchmark(spec: BenchSpec, *, repeats: int = 3, torch_repeats: Optional[
   spec, flops_method, plan_gflop (per episode), peaks, parity, torch (timing), rows (one per
   episodes x devices: s/plan for both, ratio, compile, GFLOP/s, peak shares, memory).
   The sweep covers `devices` (default 1, 2, 4, 8) that divide the episodes and are at most
-  `max_devices` (default: all devices). torch_threads: see `time_torch_plan`."""
+  `max_devices` (default: all devices). torch_threads: see `torch_planner`. The torch
+  baseline is timed once, in turns with the sweep's first row (`interleaved_times`)."""
   reference, module, params = make_models(spec, seed)
   parity = cost_parity(spec, reference, module, params, seed=seed)
   log(parity_line(parity))
   flops = plan_flops(spec)
-  torch_timing = None
+  torch_plan, torch_info, torch_timing = None, None, None
   if with_torch:
-    torch_timing = time_torch_plan(spec, reference, torch_repeats or repeats, seed,
-                                   torch_threads)
-    log(f'torch ({torch_timing["device"]}, {torch_timing["threads"]} threads): '
-        f'{torch_timing["plan_s"]:.4g} s/plan')
+    torch_plan, torch_info = torch_planner(spec, reference, seed, torch_threads)
   best_peak = peaks['best'] if peaks else float('nan')
   device_kind = jax.devices()[0].device_kind
   mfu_peak = bf16_peak_tflops(device_kind) if spec.dtype == 'bfloat16' else float('nan')
@@ -441,8 +450,20 @@ def run_benchmark(spec: BenchSpec, *, repeats: int = 3, torch_repeats: Optional[
   max_devices = len(jax.devices()) if max_devices is None else max_devices
   for episodes in spec.episodes:
     for count in device_counts(episodes, max_devices, devices or (1, 2, 4, 8)):
-      timing = time_jax_plan(spec, module, params, episodes, count, repeats, seed)
-      plan_s = timing['batch_s'] / episodes
+      jax_plan, timing = jax_planner(spec, module, params, episodes, count, seed)
+      plans, counts = {'jax': jax_plan}, {'jax': repeats}
+      if torch_plan is not None and torch_timing is None:
+        # The baseline is timed in turns with the sweep's first row and serves every row.
+        plans['torch'], counts['torch'] = torch_plan, torch_repeats or repeats
+      times = interleaved_times(plans, counts)
+      if 'torch' in times:
+        torch_timing = dict(plan_s=statistics.median(times['torch']),
+                            peak_gb=torch_info['peak_gb'](), device=torch_info['device'],
+                            threads=torch_info['threads'], timed_with=(episodes, count))
+        log(f'torch ({torch_timing["device"]}, {torch_timing["threads"]} threads, timed in '
+            f'turns with the {episodes}-episode {count}-device row): '
+            f'{torch_timing["plan_s"]:.4g} s/plan')
+      plan_s = statistics.median(times['jax']) / episodes
       torch_s = torch_timing['plan_s'] if torch_timing else float('nan')
       row = dict(predictor=spec.name, samples=spec.samples, iters=spec.iters,
                  horizon=spec.horizon, dtype=spec.dtype, episodes=episodes, devices=count,
@@ -450,7 +471,7 @@ def run_benchmark(spec: BenchSpec, *, repeats: int = 3, torch_repeats: Optional[
                  jax_compile_s=timing['compile_s'],
                  jax_gflop_per_s=flops / plan_s / GB, torch_gflop_per_s=flops / torch_s / GB,
                  jax_xla_memory_gb=timing['xla_memory_gb'],
-                 jax_device_peak_gb=timing['device_peak_gb'],
+                 jax_device_peak_gb=timing['device_peak_gb'](),
                  torch_peak_gb=torch_timing['peak_gb'] if torch_timing else float('nan'))
       row['jax_peak_share'] = row['jax_gflop_per_s'] / best_peak
       row['torch_peak_share'] = row['torch_gflop_per_s'] / best_peak

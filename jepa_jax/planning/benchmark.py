@@ -174,12 +174,7 @@ def plan_flops(spec: BenchSpec) -> float:
 def best_time(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any]) -> float:
   """Fastest of `repeats` timed calls (after one untimed warm-up); `sync` waits for a result."""
   sync(fn())
-  times = []
-  for _ in range(max(1, repeats)):
-    t0 = time.perf_counter()
-    sync(fn())
-    times.append(time.perf_counter() - t0)
-  return min(times)
+  return min(interleaved_times({'fn': lambda: sync(fn())}, {'fn': repeats})['fn'])
 
 
 def matmul_peaks(n: int = 2048, repeats: int = 10, dtype: str = 'float32',
@@ -332,8 +327,8 @@ def jax_planner(spec: BenchSpec, module, params, episodes: int, devices: int, se
                 ) -> tuple[Callable[[], None], dict]:
   """Compiles one batched CEM plan of `episodes` episodes sharded over `devices`, runs it once
   untimed (allocations), and returns `(plan, info)`: `plan()` runs it and waits for the
-  result; info holds compile_s (`lower().compile()`), xla_memory_gb (temp + argument bytes
-  per device) and a `device_peak_gb()` reader (NaN where the device reports no peak)."""
+  result; info holds compile_s (`lower().compile()`) and xla_memory_gb (temp + argument
+  bytes per device)."""
   if episodes % devices:
     raise ValueError(f'episodes={episodes} must be a multiple of devices={devices}')
   if devices > len(jax.devices()):
@@ -364,9 +359,13 @@ def jax_planner(spec: BenchSpec, module, params, episodes: int, devices: int, se
   return plan, dict(
       compile_s=compile_s,
       xla_memory_gb=(memory.temp_size_in_bytes + memory.argument_size_in_bytes) / GB
-      if memory is not None else float('nan'),
-      device_peak_gb=lambda: (jax.devices()[0].memory_stats() or {}).get(
-          'peak_bytes_in_use', float('nan')) / GB)
+      if memory is not None else float('nan'))
+
+
+def jax_device_peak_gb() -> float:
+  """The process's peak bytes in use on the first device so far, in GB (NaN where the device
+  reports none, e.g. a CPU)."""
+  return (jax.devices()[0].memory_stats() or {}).get('peak_bytes_in_use', float('nan')) / GB
 
 
 def torch_planner(spec: BenchSpec, reference, seed: int = 0, threads: Optional[int] = None
@@ -407,10 +406,11 @@ def interleaved_times(plans: dict[str, Callable[[], Any]], repeats: dict[str, in
   result), taken in turns (a, b, a, b, ...): on a shared machine the load changes between
   minutes, and a change then slows both sides alike instead of one (measured on this 2-core
   CPU: the same plan 7.1 s and 8.7 s minutes apart)."""
+  wanted = {name: max(1, repeats[name]) for name in plans}
   times = {name: [] for name in plans}
-  while any(len(times[name]) < max(1, repeats[name]) for name in plans):
+  while any(len(times[name]) < wanted[name] for name in plans):
     for name, plan in plans.items():
-      if len(times[name]) < max(1, repeats[name]):
+      if len(times[name]) < wanted[name]:
         t0 = time.perf_counter()
         plan()
         times[name].append(time.perf_counter() - t0)
@@ -471,7 +471,7 @@ def run_benchmark(spec: BenchSpec, *, repeats: int = 3, torch_repeats: Optional[
                  jax_compile_s=timing['compile_s'],
                  jax_gflop_per_s=flops / plan_s / GB, torch_gflop_per_s=flops / torch_s / GB,
                  jax_xla_memory_gb=timing['xla_memory_gb'],
-                 jax_device_peak_gb=timing['device_peak_gb'](),
+                 jax_device_peak_gb=jax_device_peak_gb(),
                  torch_peak_gb=torch_timing['peak_gb'] if torch_timing else float('nan'))
       row['jax_peak_share'] = row['jax_gflop_per_s'] / best_peak
       row['torch_peak_share'] = row['torch_gflop_per_s'] / best_peak

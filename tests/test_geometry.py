@@ -1,5 +1,7 @@
 """Latent-geometry measures: closed forms, scipy as the reference, and encoders of known quality."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,3 +82,20 @@ def test_measures_separate_a_perfect_from_an_uninformative_encoder(tmp_path):
   assert 3.0 < out['effective_rank_random_encoder'] <= 4.0 + 1e-9
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_probe_groups_report_what_the_latent_reads_one_group_at_a_time():
+  env = dataclasses.replace(envs.get('wall'), probe_groups=(('x', (0,)), ('y', (1,))))
+
+  def x_only_encoder(frames):  # the dot's x exactly, its y replaced by noise
+    latent = np.array(centroid_encoder(frames))
+    latent[..., 1] = np.random.default_rng(0).normal(size=latent.shape[:-1])
+    return jnp.asarray(latent)
+
+  out = geometry.measure_encoder(x_only_encoder, env, image_size=IMAGE_SIZE, num_fit=300,
+                                 num_eval=200, num_pairs=500, resolution=4)
+  assert out['probe_error_x'] < 1.0
+  assert out['probe_error_y'] > 8.0
+  assert 'probe_error_x' not in geometry.measure_encoder(
+      x_only_encoder, envs.get('wall'), image_size=IMAGE_SIZE, num_fit=300, num_eval=200,
+      num_pairs=500, resolution=4)

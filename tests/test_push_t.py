@@ -126,6 +126,27 @@ def test_registered_and_shapes():
     ENV.step(jnp.zeros(5), jnp.zeros(2))
 
 
+def test_probe_targets_read_the_block_at_its_centre_of_gravity():
+  rng = np.random.default_rng(5)
+  render = jax.jit(ENV.render, static_argnums=1)
+  for _ in range(4):
+    state = np.array([*rng.uniform(50, 450, 2), *rng.uniform(150, 350, 2),
+                      rng.uniform(0, 2 * np.pi), 0, 0])
+    _, _, block = pymunk_scene(state)
+    got = np.asarray(ENV.probe_targets(jnp.asarray(state, jnp.float32)), np.float64)
+    np.testing.assert_allclose(got[:2], block.local_to_world(block.center_of_gravity), atol=1e-3)
+    np.testing.assert_allclose(got[2:], [math.cos(state[4]), math.sin(state[4]), *state[:2]],
+                               atol=1e-4)
+    # The visible T: the area centroid of its pixels lies 4.3 px from the centre of gravity
+    # (the latter is the midpoint of the boxes' centroids), the body origin 40 px away.
+    frame = np.asarray(render(jnp.asarray(state, jnp.float32), 512), np.float64)
+    slate = np.abs(frame - (119, 136, 153)).sum(-1) < 30   # LightSlateGray fill
+    rows, cols = np.nonzero(slate)
+    centroid = np.array([cols.mean(), rows.mean()])
+    assert np.linalg.norm(centroid - got[:2]) < 7, (centroid, got[:2])
+    assert np.linalg.norm(centroid - state[2:4]) > 30
+
+
 def test_mass_properties_match_pymunk():
   bar, stem = pymunk.Poly(None, BAR), pymunk.Poly(None, STEM)
   np.testing.assert_allclose(push_t.T_MOMENT, 2 * pymunk.moment_for_poly(1, BAR))

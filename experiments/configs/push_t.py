@@ -35,7 +35,8 @@ def get_config(variant='tiny'):
   if variant in ('smoke', 'tiny'):
     # LeWorldModel's latent: the CLS token of a ViT over 16 x 16 patches (one 64 x 64 patch is
     # the Wall default). Measured (tiny, 3000 steps; ridge probes of the frozen latent on random
-    # states): block position 41-42 px against 39 px for one patch and 114 px for the mean, pusher
+    # states, the block at its body origin): 41-42 px against 39 px for one patch and 114 px for
+    # the mean (mostly the unknown angle: README; its centre of gravity: 24 px), pusher
     # 111 against 128 px (157 for the mean); patch 8 (64 tokens, 4x slower) 38.5 / 107 px.
     # The T's arms and the pusher are 4 px wide at 64 px.
     config.lewm.encoder.update(patch_size=16, use_cls_token=True, readout='cls',

@@ -47,6 +47,9 @@ class Environment:
     reference_start_goal: `seed (Python int) -> (start, goal)` float64 numpy: the reference's
       seeded episode draw, or None where the reference has none.
     probe_target_names: names of the K probe targets (for logs).
+    probe_groups: `((name, column indices), ...)`: groups of probe targets whose probe errors
+      are also reported one by one (Push-T: block position, block angle, pusher position), so
+      a latent that reads one thing but not another shows it; () = the pooled error only.
     distance_unit: unit of `distance`, for reports ('px', 'm', ...).
     plot_extent: `(left, right, bottom, top)` coordinates of the first two probe targets at the
       edges of a rendered frame (matplotlib's imshow extent), so plots can draw trajectories over
@@ -70,6 +73,7 @@ class Environment:
   oracle_cost: Callable[[State, State], jax.Array]
   reference_start_goal: Optional[Callable[[int], Tuple[np.ndarray, np.ndarray]]] = None
   probe_target_names: Tuple[str, ...] = ()
+  probe_groups: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()
   distance_unit: str = ''
   plot_extent: Optional[Tuple[float, float, float, float]] = None
 

@@ -157,10 +157,14 @@ def oracle_cost(state, goal):
 
 
 def probe_targets(state):
-  """f32 (6,): block x, y, cos and sin of its angle, agent x, y."""
+  """f32 (6,): the block's centre of gravity x, y, the cos and sin of its angle, agent x, y.
+
+  The block is probed at its centre of gravity, not at the state's body origin: the origin sits
+  on the bar, 45 px from the centre, so a latent that places the T exactly but not its angle
+  would still miss the origin by about 40 px."""
   state = _check_state(state)
-  return jnp.stack([state[2], state[3], jnp.cos(state[4]), jnp.sin(state[4]),
-                    state[0], state[1]])
+  cog = _block_cog(state[2:4], state[4])
+  return jnp.stack([cog[0], cog[1], jnp.cos(state[4]), jnp.sin(state[4]), state[0], state[1]])
 
 
 # ----------------------------------------------------------------------------------- rendering
@@ -410,6 +414,8 @@ ENV = base.Environment(
     collect_actions=collect_actions,
     probe_targets=probe_targets,
     oracle_cost=oracle_cost,
-    probe_target_names=('block_x', 'block_y', 'block_cos', 'block_sin', 'agent_x', 'agent_y'),
+    probe_target_names=('block_cog_x', 'block_cog_y', 'block_cos', 'block_sin', 'agent_x',
+                        'agent_y'),
+    probe_groups=(('block', (0, 1)), ('block_angle', (2, 3)), ('agent', (4, 5))),
     distance_unit='px',
 )

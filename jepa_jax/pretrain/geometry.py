@@ -4,6 +4,8 @@ Measures that a random-init encoder does not pass (it is always measured alongsi
   probe_error_px_mean_pool  ridge probe from mean-pooled tokens to the probe targets (Wall: the
                             dot position); a random ViT's flattened tokens are nearly linear
                             in pixels, its pooled tokens are not;
+  probe_error_<group>       the flattened latent's probe for one named group of targets
+                            (`env.probe_groups`; Push-T: block, block_angle, agent);
   latent_distance_spearman  Spearman correlation between the planning cost (L2 over the whole
                             latent) and the true distance, over random pairs of frames;
   effective_rank            exp(entropy) of the normalised singular values of the pooled
@@ -145,7 +147,9 @@ def measure_encoder(encode: Encoder, env: base.Environment, *, image_size: int,
   Returns:
     `{'probe_error_px', 'probe_error_px_mean_pool', 'latent_distance_spearman',
       'latent_distance_spearman_mean_pool', 'effective_rank', 'landscape_spearman',
-      'latent_variance', 'landscape' (R, R) costs}`; probe errors in the env's distance unit.
+      'latent_variance', 'landscape' (R, R) costs}` and `probe_error_<group>` for each of the
+      env's `probe_groups` (a probe of the flattened latent fit to that group's targets alone;
+      mean Euclidean error over its columns); probe errors in the targets' units.
   """
   fit_key, eval_key, goal_key = jax.random.split(jax.random.PRNGKey(seed), 3)
   fit_states = random_states(env, fit_key, num_fit)
@@ -159,6 +163,10 @@ def measure_encoder(encode: Encoder, env: base.Environment, *, image_size: int,
         features['fit'][kind], targets['fit'], features['eval'][kind], targets['eval'])['error_px']
     out[f'latent_distance_spearman{suffix}'] = probe_lib.latent_distance_correlation(
         features['eval'][kind], targets['eval'], num_pairs=num_pairs, seed=seed)
+  for group, columns in env.probe_groups:  # the latent as a whole, one target group at a time
+    out[f'probe_error_{group}'] = probe_lib.fit_position_probe(
+        features['fit']['patch'], targets['fit'][:, columns], features['eval']['patch'],
+        targets['eval'][:, columns])['error_px']
   out['effective_rank'] = effective_rank(features['eval']['mean'])
   out['latent_variance'] = float(np.var(features['eval']['patch'], axis=0).mean())
 

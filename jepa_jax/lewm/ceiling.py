@@ -37,7 +37,7 @@ STATISTICS_STATES = 4096  # random states whose probe-target mean / std standard
 
 def _frames_and_targets(env: base.Environment, image_size: int, key: jax.Array, count: int):
   """uint8 frames `(count, S, S, 3)` of random states and their probe targets `(count, K)`."""
-  states = jax.vmap(env.random_state)(jax.random.split(key, count))
+  states = geometry.random_states(env, key, count)
   frames = jax.vmap(lambda s: env.render(s, image_size))(states)
   return frames, jax.vmap(env.probe_targets)(states)
 
@@ -65,10 +65,10 @@ def train_ceiling(encoder: nn.Module, env: base.Environment, *, image_size: int,
     raise ValueError(f'train_ceiling needs num_steps >= 1 and batch_size >= 1; got '
                      f'{num_steps}, {batch_size}')
   init_key, stats_key, data_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-  _, stats_targets = jax.jit(functools.partial(
-      _frames_and_targets, env, image_size, count=STATISTICS_STATES))(stats_key)
-  target_mean = jnp.mean(stats_targets, 0)
-  target_std = jnp.std(stats_targets, 0) + 1e-6
+  stats_targets = geometry.probe_targets(
+      env, geometry.random_states(env, stats_key, STATISTICS_STATES))
+  target_mean = jnp.asarray(stats_targets.mean(0), jnp.float32)
+  target_std = jnp.asarray(stats_targets.std(0) + 1e-6, jnp.float32)
 
   def latent(encoder_params, frames):  # uint8 (B, S, S, 3) -> (B, ...) without the frame axis
     clips = vit.preprocess_frames(frames, image_size)[:, None]
@@ -76,9 +76,9 @@ def train_ceiling(encoder: nn.Module, env: base.Environment, *, image_size: int,
 
   head = nn.Dense(stats_targets.shape[-1])
   encoder_key, head_key = jax.random.split(init_key)
-  sample = jnp.zeros((1, image_size, image_size, 3), jnp.uint8)
-  random_encoder = encoder.init(encoder_key, vit.preprocess_frames(sample, image_size)[:, None]
+  random_encoder = encoder.init(encoder_key, jnp.zeros((1, 1, image_size, image_size, 3))
                                 )['params']
+  sample = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
   width = int(np.prod(jax.eval_shape(latent, random_encoder, sample).shape[1:]))
   params = {'encoder': random_encoder,
             'head': head.init(head_key, jnp.zeros((1, width)))['params']}

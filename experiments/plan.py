@@ -4,6 +4,8 @@ r"""Stage 3: plan with the exported world model (or the true-dynamics oracle) an
       [--world_model=/tmp/run/world_model/model]
   python -m experiments.plan --config=experiments/configs/point_maze.py:tiny --workdir=/tmp/oracle \
       --oracle
+  python -m experiments.plan --config=experiments/configs/push_t.py:tiny --workdir=/tmp/run/oracle \
+      --oracle --config.planning.oracle_cost=latent   # true dynamics, the learned latent's cost
 
 Writes <workdir>/results.json (success rate with its 95 % interval, the random policy on the same
 episodes, final distances, planner settings, protocol, latency, provenance), results.png and
@@ -22,7 +24,8 @@ config_flags.DEFINE_config_file('config', configs.WALL_TINY, 'Experiment config 
 flags.DEFINE_string('workdir', None, 'Stage-3 output directory.', required=True)
 flags.DEFINE_string('world_model', None,
                     'Exported stage-2 model (default <workdir>/../world_model/model).')
-flags.DEFINE_bool('oracle', False, 'Plan with the true dynamics (no learned model).')
+flags.DEFINE_bool('oracle', False, 'Plan with the true dynamics (no learned model; with '
+                  "--config.planning.oracle_cost=latent scored by the world model's encoder).")
 flags.DEFINE_list('extra_rows', None, 'Only these rows of config.planning_extra besides the '
                   'main one (default: all; --extra_rows= plans the main row alone).')
 FLAGS = flags.FLAGS
@@ -30,9 +33,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  run.planning_rows(FLAGS.config, FLAGS.extra_rows)  # every row is checked before any work
-  world_model = None if FLAGS.oracle else (
-      FLAGS.world_model or layout.sibling(FLAGS.workdir, layout.WORLD_MODEL_EXPORT))
+  rows = run.planning_rows(FLAGS.config, FLAGS.extra_rows)  # every row checked before any work
+  world_model = (FLAGS.world_model or layout.sibling(FLAGS.workdir, layout.WORLD_MODEL_EXPORT)
+                 if run.reads_world_model(rows, FLAGS.oracle) else None)
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='planning',
                                        inputs=[world_model] if world_model else [])
   with outputs.WorkdirLock(workdir):

@@ -66,8 +66,11 @@ CASES = [
     ('plan_unknown_row', PLAN, [SMOKE, '--oracle', '--extra_rows=mcp', '--workdir={tmp}/rows'],
      "unknown planning rows ['mcp']"),
     ('plan_unknown_oracle_cost', PLAN,
-     [SMOKE, '--oracle', '--config.planning.oracle_cost=latent', '--workdir={tmp}/cost'],
-     "oracle_cost='latent' must be one of"),
+     [SMOKE, '--oracle', '--config.planning.oracle_cost=reward', '--workdir={tmp}/cost'],
+     "oracle_cost='reward' must be one of"),
+    ('plan_latent_oracle_without_a_world_model', PLAN,
+     [SMOKE, '--oracle', '--config.planning.oracle_cost=latent', '--workdir={tmp}/job/oracle'],
+     'no exported world model'),
     # Settings of a later stage are checked before the first stage starts.
     ('pipeline_bad_planner_budget', PIPELINE,
      ['--config=experiments/configs/wall.py:paper_vjepa', '--config.planning.num_samples=8',

@@ -42,5 +42,5 @@ def test_pixel_cost_oracle_scores_rendered_frames():
     np.testing.assert_allclose(got[n], np.mean((frame - goal_frame) ** 2), rtol=1e-5,
                                atol=1e-7)
   assert got[0] < 1e-9 < got[1:].min()
-  with pytest.raises(ValueError, match='oracle cost'):
-    oracle.oracle_agent(wall.ENV, cost='latent')
+  with pytest.raises(ValueError, match='must be one of'):
+    oracle.oracle_agent(wall.ENV, cost='reward')

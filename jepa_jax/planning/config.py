@@ -36,7 +36,8 @@ class PlanningConfig:
   planned by one call of the compiled program: a progress line per batch; 0 = all at once),
   oracle_action_scale (raw env units per normalised unit for the oracle), oracle_cost
   ('state': the true state's `env.oracle_cost`; 'pixels': the squared difference of the final
-  and goal frames at the data's image size, see `oracle.oracle_agent`), num_gifs,
+  and goal frames at the data's image size; 'latent': the world model's objective on the
+  encoded final frame and proprio, see `oracle.oracle_agent`), num_gifs,
   latency_repeats (timed single plans for the latency median).
   """
   planner: str = 'cem'

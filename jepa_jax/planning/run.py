@@ -41,11 +41,21 @@ def load_model(config, world_model_path: Optional[str]):
   return model, params
 
 
-def make_agent(config, env, planning, model_and_params):
-  """The learned agent of a loaded world model, or the oracle when it is None."""
-  if model_and_params is None:
+def reads_world_model(rows: dict, use_oracle: bool) -> bool:
+  """Whether planning these `{name: PlanningConfig}` rows needs the exported world model: the
+  learned agent does, and so does the oracle scored in its latent (`oracle_cost='latent'`)."""
+  return not use_oracle or any(row.oracle_cost == 'latent' for row in rows.values())
+
+
+def make_agent(config, env, planning, model_and_params, use_oracle: bool = False):
+  """The learned agent of a loaded world model, or the oracle (which scores its plans with the
+  world model's encoder when `planning.oracle_cost='latent'`)."""
+  if use_oracle:
+    latent = planning.oracle_cost == 'latent'
     return oracle.oracle_agent(env, config.data.frameskip, planning.oracle_action_scale,
-                               planning.oracle_cost, config.data.image_size)
+                               planning.oracle_cost, config.data.image_size,
+                               world_model=model_and_params if latent else None,
+                               objective=planning.objective())
   model, params = model_and_params
   return agent_lib.world_model_agent(model, params, planning.objective(), env,
                                      image_size=config.data.image_size,
@@ -61,7 +71,8 @@ def run_planning(workdir: str, config, world_model_path: Optional[str] = None, *
     workdir: output directory (created): results.json, results.png, gifs/episode_<i>.gif.
     config: the full experiment ConfigDict (`env`, `planning`, `planning_extra`,
       `data.frameskip`, `data.image_size`, `seed`, `mesh`).
-    world_model_path: exported stage-2 model; ignored with `use_oracle`.
+    world_model_path: exported stage-2 model; with `use_oracle` only read by rows with
+      `oracle_cost='latent'`.
     use_oracle: plan with the true dynamics instead of a learned model.
     extra_rows: only these rows of `planning_extra` (None: all).
   Returns:
@@ -73,10 +84,11 @@ def run_planning(workdir: str, config, world_model_path: Optional[str] = None, *
   rows = planning_rows(config, extra_rows)
   mesh = sharding.make_mesh(config.mesh.to_dict()) if 'mesh' in config else None
   os.makedirs(workdir, exist_ok=True)
-  model_and_params = None if use_oracle else load_model(config, world_model_path)
+  model_and_params = (load_model(config, world_model_path)
+                      if reads_world_model(rows, use_oracle) else None)
   results, extra = None, {}
   for name, planning in rows.items():
-    agent = make_agent(config, env, planning, model_and_params)
+    agent = make_agent(config, env, planning, model_and_params, use_oracle)
     row = evaluate.evaluate(env, agent, planning, config.seed, mesh=mesh,
                             measure_latency=name == 'main', return_episodes=name == 'main')
     if name != 'main':
@@ -89,7 +101,7 @@ def run_planning(workdir: str, config, world_model_path: Optional[str] = None, *
                                          planning.num_gifs, agent.frameskip,
                                          planning.num_execute))
   results.update(rows=extra, agent='oracle' if use_oracle else 'world_model',
-                 world_model_path=None if use_oracle else world_model_path,
+                 world_model_path=world_model_path if model_and_params else None,
                  provenance=provenance.describe_run())
   outputs.write_json(os.path.join(workdir, 'results.json'), results)
   return results

@@ -94,6 +94,31 @@ def test_tubelet_embed_matches_torch_conv3d():
   np.testing.assert_allclose(np.asarray(got), ref.permute(0, 2, 3, 4, 1).numpy(), atol=1e-4)
 
 
+def test_conv_stem_then_patchify_matches_torch():
+  """Encoder without blocks and tables: LN(patchify(gelu(conv(gelu(conv(x)))))). Reference:
+  torch conv2d (3x3, stride 2, padding 1) + exact GELU twice, then the stride-4 patch conv."""
+  cfg = vit.vit_config('tiny', image_size=32, patch_size=16, tubelet_size=1, width=16, depth=0,
+                       num_heads=2, pos_embed='none', stem_channels=(6, 8))
+  enc = vit.ViTEncoder(cfg)
+  images = jax.random.normal(jax.random.key(5), (2, 1, 32, 32, 3))
+  params = jax.jit(enc.init)(jax.random.key(6), images)['params']
+  params = jax.tree.map(lambda p: p + 0.1 * np.random.default_rng(7).normal(size=p.shape), params)
+  got = jax.jit(enc.apply)({'params': params}, images)
+  assert got.shape == (2, 1, 2, 2, 16)  # the token grid of a plain 16 px patchify
+
+  x = _torch(images[:, 0]).permute(0, 3, 1, 2)
+  for i in range(2):
+    conv = params['stem'][f'conv_{i}']
+    weight = _torch(np.asarray(conv['kernel']).transpose(3, 2, 0, 1))  # (out, in, 3, 3)
+    x = F.gelu(F.conv2d(x, weight, _torch(conv['bias']), stride=2, padding=1))
+  kernel = np.asarray(params['patch_embed']['proj']['kernel'])[0]  # (4, 4, 8, 16)
+  x = F.conv2d(x, _torch(kernel.transpose(3, 2, 0, 1)),
+               _torch(params['patch_embed']['proj']['bias']), stride=4).permute(0, 2, 3, 1)
+  ref = F.layer_norm(x, (16,), _torch(params['norm']['scale']), _torch(params['norm']['bias']),
+                     eps=1e-6)
+  np.testing.assert_allclose(np.asarray(got[:, 0]), ref.numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize('pos_embed', ['sincos3d', 'rope3d'])
 def test_token_indices_follow_positions(pos_embed):
   """Attention is permutation-equivariant and positions follow the indices, so encoding all
@@ -188,5 +213,7 @@ def test_image_to_clip_and_errors():
     vit.vit_config('tiny', pos_embed='abs')
   with pytest.raises(TypeError, match='bogus'):
     vit.vit_config('tiny', bogus=1)
+  with pytest.raises(ValueError, match='stem_channels'):
+    vit.vit_config('tiny', patch_size=14, stem_channels=(8, 16))
   assert vit.vit_config('giant').mlp_ratio == 48 / 11
   assert vit.dinov2_config('small', registers=True).num_register_tokens == 4

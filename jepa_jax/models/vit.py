@@ -21,6 +21,8 @@ Parameter tree (torch names in brackets):
   patch_embed/proj/kernel (t, p, p, C, D)   [patch_embed.proj.weight (D, C, t, p, p) for Conv3d,
                                               (D, C, p, p) for DINOv2's Conv2d with t = 1]
   patch_embed/proj/bias (D,)
+  stem/conv_{i}/{kernel (3, 3, C_in, C_out), bias}  only with `stem_channels` (no torch
+                                             counterpart: the reference encoders have no stem)
   cls_token (1, 1, D), register_tokens (1, R, D), pos_embed (1, n_cls + Hg*Wg, D)  [same names]
   blocks_{i}/{norm1, attn/{qkv, proj}, ls1/gamma, norm2, mlp/{fc1, fc2}, ls2/gamma}  [blocks.{i}.*]
   norm/{scale, bias}                         [norm.{weight, bias}]
@@ -58,6 +60,10 @@ class ViTConfig:
   readout: 'patches' (the patch tokens) or 'cls' (the CLS token only: one global latent per
     frame that still sees the image through patch_size x patch_size patches; needs
     use_cls_token).
+  stem_channels: () = the plain patchify; else a convolutional stem (Xiao et al. 2021, "Early
+    convolutions help transformers see better") of one 3x3 stride-2 convolution + GELU per
+    entry, of that many channels, in front of a patchify of patch_size / 2^len(stem_channels):
+    the token grid stays image_size / patch_size, but a token sees detail finer than a patch.
   """
   image_size: int = 224
   patch_size: int = 16
@@ -79,6 +85,7 @@ class ViTConfig:
   sincos_uniform_power: bool = False
   interpolate_offset: float = 0.1
   readout: str = 'patches'
+  stem_channels: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.readout not in READOUTS:
@@ -91,6 +98,10 @@ class ViTConfig:
       raise ValueError(f'width {self.width} not divisible by num_heads {self.num_heads}')
     if self.pos_embed_grid is not None:
       object.__setattr__(self, 'pos_embed_grid', tuple(self.pos_embed_grid))
+    object.__setattr__(self, 'stem_channels', tuple(self.stem_channels))
+    if self.patch_size % 2 ** len(self.stem_channels):
+      raise ValueError(f'patch_size {self.patch_size} not divisible by the conv stem\'s '
+                       f'stride 2^{len(self.stem_channels)}; use fewer stem_channels')
 
   @property
   def grid(self) -> tuple[int, int]:
@@ -241,6 +252,23 @@ class PatchEmbed(nn.Module):
                      name='proj')(x)
 
 
+class ConvStem(nn.Module):
+  """3x3 stride-2 convolutions + GELU applied to every frame: `(B, T, H, W, C)` ->
+  `(B, T, H / 2^k, W / 2^k, channels[-1])` for k = len(channels). Params `conv_{i}/{kernel,
+  bias}`."""
+  channels: tuple[int, ...]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video):
+    b, t = video.shape[:2]
+    x = video.reshape((b * t,) + video.shape[2:])
+    for i, channels in enumerate(self.channels):
+      x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding=1, dtype=self.dtype,
+                          param_dtype=jnp.float32, name=f'conv_{i}')(x), approximate=False)
+    return x.reshape((b, t) + x.shape[1:])
+
+
 class ViTEncoder(nn.Module):
   """ViT over video tubelets (or images with tubelet_size 1); see module docstring."""
   config: ViTConfig
@@ -272,8 +300,10 @@ class ViTEncoder(nn.Module):
     cfg = self.config
     self._check_video(video)
     batch = video.shape[0]
-    x = PatchEmbed(cfg.width, cfg.patch_size, cfg.tubelet_size, self.dtype,
-                         name='patch_embed')(video)
+    if cfg.stem_channels:
+      video = ConvStem(cfg.stem_channels, self.dtype, name='stem')(video)
+    x = PatchEmbed(cfg.width, cfg.patch_size // 2 ** len(cfg.stem_channels), cfg.tubelet_size,
+                   self.dtype, name='patch_embed')(video)
     grid = x.shape[1:4]
     x = x.reshape(batch, -1, cfg.width)
     n_cls = int(cfg.use_cls_token)

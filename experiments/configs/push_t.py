@@ -43,6 +43,7 @@ def get_config(variant='tiny'):
     # angle (1500 steps: block 3.8 px, angle 0.10, pusher 7.3 px against 11.9 px, 0.72, 23.2 px)
     # but not LeWM (block 24 px, angle 0.94, pusher 93 px; success 3.1 %, as without it) at
     # 2.3x the LeWM time (21 min), so it is off: the objective, not the encoder, is the limit.
+    # (`stem_channels=()` is the encoder's default, named here so a flag can set it.)
     config.lewm.encoder.update(patch_size=16, use_cls_token=True, readout='cls',
                                pos_embed='sincos3d', stem_channels=())
   if variant == 'tiny':

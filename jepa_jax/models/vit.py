@@ -264,8 +264,8 @@ class ConvStem(nn.Module):
     b, t = video.shape[:2]
     x = video.reshape((b * t,) + video.shape[2:])
     for i, channels in enumerate(self.channels):
-      x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding=1, dtype=self.dtype,
-                          param_dtype=jnp.float32, name=f'conv_{i}')(x), approximate=False)
+      x = layers.gelu_exact(nn.Conv(channels, (3, 3), strides=2, padding=1, dtype=self.dtype,
+                                    param_dtype=jnp.float32, name=f'conv_{i}')(x))
     return x.reshape((b, t) + x.shape[1:])
 
 

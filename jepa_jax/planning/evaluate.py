@@ -41,7 +41,6 @@ def evaluate(env: Environment, agent: Agent, config: PlanningConfig, seed: int =
   plan_latency_median_s and plan_compile_s (when measured), and with `return_episodes` an
   'episode_data' dict of numpy arrays (per-episode outputs of `mpc.run_episode`).
   """
-  _, planner_settings = make_planner(config)
   n = config.num_episodes
   starts, goals, episode_info = episodes.episode_starts_goals(env, config.episode_set, n, seed)
   n_dev = _mesh_size(mesh)
@@ -63,10 +62,29 @@ def evaluate(env: Environment, agent: Agent, config: PlanningConfig, seed: int =
       progress.update(min(batch, n - first))
   eval_s = time.perf_counter() - t0
   data = {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
+  resolved = dataclasses.replace(config, episode_steps=mpc.episode_steps(config, env))
+  results = summarise(data, resolved, agent.frameskip, env_name=env.name,
+                      distance_unit=env.distance_unit, episode_info=episode_info, seed=seed,
+                      devices=n_dev, eval_wall_s=eval_s)
+  if measure_latency:
+    results.update(latency.measure_plan_latency(env, agent, config, starts[0], goals[0]))
+  if return_episodes:
+    results['episode_data'] = data
+  return results
+
+
+def summarise(data: dict, config: PlanningConfig, frameskip: int, *, env_name: str,
+              distance_unit: str, episode_info: dict, seed: int, devices: int,
+              eval_wall_s: float) -> dict:
+  """The results dict of `evaluate` from per-episode arrays `data` (E,): success,
+  random_success, final_distance, random_final_distance, planner_failed. `config.episode_steps`
+  must be set (the env's default resolved)."""
+  n = len(data['success'])
+  _, planner_settings = make_planner(config)
   successes, random_successes = int(data['success'].sum()), int(data['random_success'].sum())
-  frameskip = agent.frameskip
-  num_plans = mpc.num_plans(config, env, frameskip)
-  results = dict(
+  # config.episode_steps is set, so the protocol helpers do not consult an environment.
+  num_plans = mpc.num_plans(config, None, frameskip)
+  return dict(
       success_rate=successes / n,
       success_ci=confidence.wilson_interval(successes, n).as_dict(),
       random_policy_success_rate=random_successes / n,
@@ -74,26 +92,21 @@ def evaluate(env: Environment, agent: Agent, config: PlanningConfig, seed: int =
       mean_final_distance=float(data['final_distance'].mean()),
       median_final_distance=float(np.median(data['final_distance'])),
       random_policy_mean_final_distance=float(data['random_final_distance'].mean()),
-      distance_unit=env.distance_unit,
+      distance_unit=distance_unit,
       planner_failures=int(data['planner_failed'].sum()),
-      env=env.name,
+      env=env_name,
       episodes=n,
       episode_set=config.episode_set,
       episode_info=episode_info,
       seed=seed,
       planner=config.planner,
       planner_settings=dataclasses.asdict(planner_settings),
-      protocol=dict(episode_steps=mpc.episode_steps(config, env), frameskip=frameskip,
+      protocol=dict(episode_steps=config.episode_steps, frameskip=frameskip,
                     num_execute=config.num_execute, warm_start=config.warm_start,
                     # Open loop = one plan per episode (every action of it executed).
                     open_loop=num_plans == 1,
-                    plan_horizons=mpc.plan_horizons(config, env, frameskip),
+                    plan_horizons=mpc.plan_horizons(config, None, frameskip),
                     num_plans_per_episode=num_plans),
-      devices=n_dev,
-      eval_wall_s=eval_s,
+      devices=devices,
+      eval_wall_s=eval_wall_s,
   )
-  if measure_latency:
-    results.update(latency.measure_plan_latency(env, agent, config, starts[0], goals[0]))
-  if return_episodes:
-    results['episode_data'] = data
-  return results

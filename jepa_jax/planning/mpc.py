@@ -49,6 +49,31 @@ def observe(env: Environment, agent: Agent, state: jax.Array):
   return None if agent.image_size is None else env.render(state, agent.image_size)
 
 
+def plan_once(config: PlanningConfig, agent: Agent, params, latent, goal_latent,
+              key: jax.Array, previous: jax.Array, horizon: int):
+  """One plan of the loop, from the encoded observation `latent` towards `goal_latent`.
+
+  previous: `(config.horizon, A)` the last plan (zero-padded; the warm start shifts it by the
+  executed steps); horizon: static model steps of this plan. Returns `(plan (horizon, A),
+  best cost (), failed bool ())` (failed: every cost was non-finite).
+  """
+  planner, planner_config = make_planner(config)
+  pc = dataclasses.replace(planner_config, horizon=horizon,
+                           num_execute=min(config.num_execute, horizon))
+  init = cem.shift_plan(previous, config.num_execute)[:horizon] if config.warm_start else None
+  plan, info = planner(functools.partial(agent.cost_fn, params), latent, goal_latent,
+                       agent.action_dim, key, pc, init)
+  cost = info['best_cost'][-1] if 'best_cost' in info else info['cost'][-1]
+  return plan, cost, jnp.any(info.get('all_nonfinite', False))
+
+
+def random_policy_actions(config: PlanningConfig, agent: Agent, key: jax.Array,
+                          model_steps: int) -> jax.Array:
+  """The random policy's normalised model actions `(model_steps, A)`, drawn like the planner's
+  initial distribution."""
+  return config.var_scale * jax.random.normal(key, (model_steps, agent.action_dim))
+
+
 def run_episode(env: Environment, agent: Agent, config: PlanningConfig, params,
                 start: jax.Array, goal: jax.Array, key: jax.Array) -> dict:
   """One episode (MPC plus the random-policy baseline on the same start/goal).
@@ -60,10 +85,8 @@ def run_episode(env: Environment, agent: Agent, config: PlanningConfig, params,
   step), planner_failed (every cost of some plan was non-finite: the episode counts as failed),
   final_distance, success, random_trajectory, random_final_distance, random_success.
   """
-  planner, planner_config = make_planner(config)
   k_plan, k_rand = jax.random.split(key)
   goal_state = agent.encode(params, observe(env, agent, goal), goal)
-  cost_fn = functools.partial(agent.cost_fn, params)
   execute_env = config.num_execute * agent.frameskip
   full = (config.horizon, agent.action_dim)
 
@@ -71,19 +94,16 @@ def run_episode(env: Environment, agent: Agent, config: PlanningConfig, params,
   state, previous = start, jnp.zeros(full, jnp.float32)
   executed, planned, plans, costs, failed = [], [], [], [], []
   for j, horizon in enumerate(plan_horizons(config, env, agent.frameskip)):
-    pc = dataclasses.replace(planner_config, horizon=horizon,
-                             num_execute=min(config.num_execute, horizon))
-    init = cem.shift_plan(previous, config.num_execute)[:horizon] if config.warm_start else None
     latent = agent.encode(params, observe(env, agent, state), state)
-    plan, info = planner(cost_fn, latent, goal_state, agent.action_dim,
-                         jax.random.fold_in(k_plan, j), pc, init)
+    plan, cost, plan_failed = plan_once(config, agent, params, latent, goal_state,
+                                        jax.random.fold_in(k_plan, j), previous, horizon)
     path = env.rollout(state, agent.to_env_actions(plan))
     planned.append(jnp.pad(path, ((0, config.horizon * agent.frameskip + 1 - len(path)), (0, 0)),
                            mode='edge'))
     previous = jnp.pad(plan, ((0, config.horizon - horizon), (0, 0)))
     plans.append(previous)
-    costs.append(info['best_cost'][-1] if 'best_cost' in info else info['cost'][-1])
-    failed.append(jnp.any(info.get('all_nonfinite', False)))
+    costs.append(cost)
+    failed.append(plan_failed)
     executed.append(path[1:execute_env + 1])
     state = path[execute_env]
   trajectory = jnp.concatenate([start[None]] + executed, axis=0)
@@ -91,7 +111,7 @@ def run_episode(env: Environment, agent: Agent, config: PlanningConfig, params,
 
   # Random policy: normalised actions drawn like the planner's initial distribution.
   model_steps = episode_steps(config, env) // agent.frameskip
-  random_actions = config.var_scale * jax.random.normal(k_rand, (model_steps, agent.action_dim))
+  random_actions = random_policy_actions(config, agent, k_rand, model_steps)
   random_trajectory = env.rollout(start, agent.to_env_actions(random_actions))
   random_final = random_trajectory[-1]
   return dict(

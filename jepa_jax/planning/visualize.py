@@ -79,25 +79,45 @@ def episode_frames(env: Environment, data: dict, episode: int, frameskip: int,
   goal_image = np.asarray(render(goal))[0]
   per_plan = frameskip * num_execute
   planned = data['planned'][episode]
-  frames = []
-  for t, obs in enumerate(observations):
-    obs = _mark(env, obs, planned[min(t // per_plan, len(planned) - 1)], PLAN_COLOUR)
-    obs = _mark(env, obs, goal, GOAL_COLOUR)
-    frames.append(np.concatenate([obs, np.full((FRAME_SIZE, 2, 3), 128, np.uint8), goal_image],
-                                 1))
-  return np.stack(frames)
+  marked = [_mark(env, _mark(env, obs, planned[min(t // per_plan, len(planned) - 1)],
+                             PLAN_COLOUR), goal, GOAL_COLOUR)
+            for t, obs in enumerate(observations)]
+  return beside_goal(np.stack(marked), goal_image)
+
+
+def beside_goal(observations: np.ndarray, goal_image: np.ndarray) -> np.ndarray:
+  """uint8 `(T, S, S, 3)` observations and the `(S, S, 3)` goal -> `(T, S, 2S + 2, 3)` frames:
+  the observation left, a grey bar, the goal right."""
+  bar = np.full(observations.shape[:2] + (2, 3), 128, np.uint8)
+  goal = np.broadcast_to(goal_image, observations.shape)
+  return np.concatenate([observations, bar, goal], 2)
+
+
+def _write_gifs(directory: str, episodes, fps: int) -> list:
+  """Writes `episode_<i>.gif` of each frame stack `(T, H, W, 3)` in `episodes`; returns the
+  paths."""
+  import imageio.v2 as imageio
+
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  for e, frames in enumerate(episodes):
+    path = os.path.join(directory, f'episode_{e}.gif')
+    imageio.mimsave(path, list(frames), duration=1.0 / fps, loop=0)
+    paths.append(path)
+  return paths
 
 
 def save_episode_gifs(directory: str, env: Environment, data: dict, num_gifs: int,
                       frameskip: int, num_execute: int, fps: int = 6) -> list:
   """Writes `episode_<i>.gif` for the first `num_gifs` episodes; returns the paths."""
-  import imageio.v2 as imageio
+  return _write_gifs(directory, (episode_frames(env, data, e, frameskip, num_execute)
+                                 for e in range(min(num_gifs, len(data['start'])))), fps)
 
-  os.makedirs(directory, exist_ok=True)
-  paths = []
-  for e in range(min(num_gifs, len(data['start']))):
-    path = os.path.join(directory, f'episode_{e}.gif')
-    imageio.mimsave(path, list(episode_frames(env, data, e, frameskip, num_execute)),
-                    duration=1.0 / fps, loop=0)
-    paths.append(path)
-  return paths
+
+def save_observed_gifs(directory: str, observations, goal_images, num_gifs: int,
+                       fps: int = 6) -> list:
+  """Writes `episode_<i>.gif` for the first `num_gifs` episodes of an environment we only see
+  through its frames: observed uint8 `(T + 1, S, S, 3)` beside the goal `(S, S, 3)`."""
+  return _write_gifs(directory, (beside_goal(np.asarray(observations[e]),
+                                             np.asarray(goal_images[e]))
+                                 for e in range(min(num_gifs, len(observations)))), fps)

@@ -15,7 +15,7 @@ from absl import flags
 
 from experiments import configs
 from experiments.configs import base
-from jepa_jax import config_diff, console, distributed
+from jepa_jax import config_diff, console, distributed, layout
 
 
 def _fail(message: str) -> None:
@@ -57,6 +57,17 @@ def parse_flags(argv: list) -> list:
   if len(rest) > 1:
     _fail(f'unexpected arguments {rest[1:]}: every option is a --flag=value (see --help)')
   return rest
+
+
+def require_method(config, method: str, binary: str) -> None:
+  """Stops in one line when `config.method` has no stage for this binary, naming the one that
+  trains that method."""
+  if layout.check_method(config.method) != method:
+    other = 'experiments.train_lewm' if config.method == 'lewm' else (
+        'experiments.pretrain and experiments.train_wm')
+    raise ValueError(
+        f'{binary} trains the {method!r} method but this config has method='
+        f'{config.method!r}: run python -m {other}, or pass --config.method={method}')
 
 
 def run(main: Callable[[list], None]) -> None:

@@ -21,7 +21,7 @@ from jepa_jax import outputs
 from jepa_jax.lewm import ceiling
 from jepa_jax.lewm import train as lewm_train
 from jepa_jax.models import vit
-from jepa_jax.pretrain import train as pretrain_train
+from jepa_jax.representation import encoder as encoder_lib
 
 config_flags.DEFINE_config_file('config', configs.WALL_TINY, 'Experiment config (file:variant).')
 _STEPS = flags.DEFINE_integer('num_steps', None,
@@ -36,7 +36,7 @@ def main(argv):
   del argv
   config = FLAGS.config
   cfg = lewm_train.as_lewm_config(config.lewm)
-  encoder = vit.ViTEncoder(pretrain_train.encoder_config(cfg.encoder, num_frames=1))
+  encoder = vit.ViTEncoder(encoder_lib.encoder_config(cfg.encoder, num_frames=1))
   env = envs.get(config.env)
   num_steps = _STEPS.value or cfg.num_steps
   _, measured = ceiling.train_ceiling(

@@ -1,7 +1,7 @@
 r"""Stage 3: plan with the exported world model (or the true-dynamics oracle) and evaluate.
 
   python -m experiments.plan --config=experiments/configs/wall.py:tiny --workdir=/tmp/run/planning \
-      [--world_model=/tmp/run/world_model/model]
+      [--world_model=/tmp/run/lewm/model]
   python -m experiments.plan --config=experiments/configs/point_maze.py:tiny --workdir=/tmp/oracle \
       --oracle
   python -m experiments.plan --config=experiments/configs/push_t.py:tiny --workdir=/tmp/run/oracle \
@@ -23,7 +23,8 @@ from jepa_jax.planning import run
 config_flags.DEFINE_config_file('config', configs.WALL_TINY, 'Experiment config (file:variant).')
 flags.DEFINE_string('workdir', None, 'Stage-3 output directory.', required=True)
 flags.DEFINE_string('world_model', None,
-                    'Exported stage-2 model (default <workdir>/../world_model/model).')
+                    'Exported world model (default <workdir>/../world_model/model, or '
+                    '<workdir>/../lewm/model for --config.method=lewm).')
 flags.DEFINE_bool('oracle', False, 'Plan with the true dynamics (no learned model; with '
                   "--config.planning.oracle_cost=latent scored by the world model's encoder).")
 flags.DEFINE_list('extra_rows', None, 'Only these rows of config.planning_extra besides the '
@@ -34,7 +35,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   rows = run.planning_rows(FLAGS.config, FLAGS.extra_rows)  # every row checked before any work
-  world_model = (FLAGS.world_model or layout.sibling(FLAGS.workdir, layout.WORLD_MODEL_EXPORT)
+  world_model = (FLAGS.world_model or layout.sibling(
+      FLAGS.workdir, layout.world_model_export(FLAGS.config.method))
                  if run.reads_world_model(rows, FLAGS.oracle) else None)
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='planning',
                                        inputs=[world_model] if world_model else [])

@@ -24,6 +24,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  cli.require_method(FLAGS.config, 'three_stage', 'experiments.pretrain')
+  if FLAGS.config.encoder_source != 'pretrain':
+    raise ValueError('this config plans on a converted encoder (encoder_source='
+                     f'{FLAGS.config.encoder_source!r}): stage 1 has nothing to train; run '
+                     'experiments.train_wm, or pass --config.encoder_source=pretrain')
   train.as_pretrain_config(FLAGS.config.pretrain)  # a bad setting fails before any work
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='pretrain')
   with outputs.WorkdirLock(workdir):

@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  cli.require_method(FLAGS.config, 'three_stage', 'experiments.train_wm')
   train.as_world_model_config(FLAGS.config.world_model)  # a bad setting fails before any work
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='world_model')
   with outputs.WorkdirLock(workdir):

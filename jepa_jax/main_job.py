@@ -1,10 +1,14 @@
-"""The main job: data -> stage 1 (encoder) -> stage 2 (world model) -> stage 3 (planning).
+"""The main job: the stages of `config.method`, then planning.
 
-Each stage writes into its own folder under the job directory (`layout.STAGES`) and resumes on
-its own (Orbax checkpoints with the grain iterator state). When a stage finishes, the job writes
-`<stage>/stage_done.json` (atomically) with the settings it ran with; a rerun skips a finished
-stage whose settings are unchanged, and stops with one line listing the differences otherwise
-(`overwrite=True` reruns the changed stages, moving their old folders aside).
+  three_stage   data -> stage 1 (V-JEPA encoder, frames only) -> stage 2 (world model on the
+                frozen encoder) -> stage 3 (planning)
+  lewm          data -> LeWorldModel (encoder and predictor end to end) -> stage 3 (planning)
+
+Each stage writes into its own folder under the job directory (`layout.stages(method)`) and
+resumes on its own (Orbax checkpoints with the grain iterator state). When a stage finishes, the
+job writes `<stage>/stage_done.json` (atomically) with the settings it ran with; a rerun skips a
+finished stage whose settings are unchanged, and stops with one line listing the differences
+otherwise (`overwrite=True` reruns the changed stages, moving their old folders aside).
 
 Before the first stage starts, every stage's config is built and checked and the job directory
 is checked, claimed and locked (`outputs.WorkdirLock`), so a bad setting or an unwritable
@@ -12,8 +16,9 @@ folder fails in seconds, not after hours.
 
 Layout of `workdir`:
   data/          TFDS ArrayRecord dataset + stats.json
-  pretrain/      stage-1 checkpoints, TensorBoard logs, summary.json, encoder/ (frozen export)
-  world_model/   stage-2 checkpoints, TensorBoard logs, summary.json, model/ (read by stage 3)
+  pretrain/      (three_stage) stage-1 checkpoints, TensorBoard logs, summary.json, encoder/
+  world_model/   (three_stage) stage-2 checkpoints, logs, summary.json, model/ (read by stage 3)
+  lewm/          (lewm) checkpoints, logs, summary.json, model/ (read by stage 3)
   planning/      results.json, results.png, gifs/
   summary.json   the headline numbers of all stages
 """
@@ -35,17 +40,19 @@ from jepa_jax.pretrain import train as pretrain_train
 from jepa_jax.world_model import train as world_model_train
 
 STAGE_LABELS = {'data': 'data', 'pretrain': 'stage 1 (encoder)',
-                'world_model': 'stage 2 (world model)', 'planning': 'stage 3 (planning)'}
+                'world_model': 'stage 2 (world model)', 'lewm': 'LeWM (encoder + world model)',
+                'planning': 'stage 3 (planning)'}
 # The config sections each stage reads; a stage depends on its own and all earlier ones.
 STAGE_SECTIONS = {
     'data': ('env', 'seed', 'data'),
-    'pretrain': ('encoder_source', 'encoder_export', 'encoder', 'pretrain'),
-    'world_model': ('world_model', 'lewm'),
+    'pretrain': ('method', 'encoder_source', 'encoder_export', 'encoder', 'pretrain'),
+    'world_model': ('world_model',),
+    'lewm': ('method', 'lewm'),
     'planning': ('planning', 'planning_extra'),
 }
 # Settings that never change a stage's results (how often it logs or saves, how many steps
 # are kept on disk).
-NEUTRAL_KEYS = tuple(f'{section}.{key}' for section in ('pretrain', 'world_model')
+NEUTRAL_KEYS = tuple(f'{section}.{key}' for section in ('pretrain', 'world_model', 'lewm')
                      for key in ('log_every', 'checkpoint_every', 'max_to_keep')) + (
                          'planning.num_gifs', 'planning.latency_repeats')
 ENCODER_SOURCES = ('pretrain', 'export')
@@ -54,7 +61,8 @@ ENCODER_SOURCES = ('pretrain', 'export')
 def stage_settings(config, stage: str) -> dict:
   """The settings `stage` depends on: its sections and those of the stages before it."""
   keys = []
-  for name in layout.STAGES[:layout.STAGES.index(stage) + 1]:
+  order = layout.stages(config.method)
+  for name in order[:order.index(stage) + 1]:
     keys += STAGE_SECTIONS[name]
   return config_diff.select(config, keys)
 
@@ -62,8 +70,11 @@ def stage_settings(config, stage: str) -> dict:
 def check_config(config) -> None:
   """Builds every stage's config so that a bad setting fails before any work (one line)."""
   envs.get(config.env)
+  layout.check_method(config.method)
   trajectories.as_data_config(config.data)
-  if config.encoder_source not in ENCODER_SOURCES:
+  if is_end_to_end(config):
+    lewm_train.as_lewm_config(config.lewm)
+  elif config.encoder_source not in ENCODER_SOURCES:
     raise ValueError(f'encoder_source={config.encoder_source!r} must be one of '
                      f'{ENCODER_SOURCES}')
   if config.encoder_source == 'export':
@@ -75,11 +86,10 @@ def check_config(config) -> None:
     if not os.path.isdir(config.encoder_export):
       raise ValueError(f'encoder_export={config.encoder_export} is not a folder; pass the '
                        '--output of experiments.convert_checkpoint --kind=dinov2')
-  elif is_end_to_end(config):
-    lewm_train.as_lewm_config(config.lewm)
   else:
     pretrain_train.as_pretrain_config(config.pretrain)
-  world_model_train.as_world_model_config(config.world_model)
+  if not is_end_to_end(config):
+    world_model_train.as_world_model_config(config.world_model)
   planning_run.planning_rows(config)
   for _, overrides in ABLATION_ROWS.values():
     as_planning_config(config.planning, **overrides)
@@ -89,9 +99,9 @@ def check_config(config) -> None:
 
 
 def is_end_to_end(config) -> bool:
-  """True for `pretrain.objective='lewm'`: LeWorldModel trains encoder and predictor together
-  in the world-model stage, and stage 1 has nothing to do."""
-  return config.encoder_source == 'pretrain' and config.pretrain.objective == 'lewm'
+  """True for `method='lewm'`: LeWorldModel trains encoder and predictor together, and the
+  job has no stage 1 or stage 2."""
+  return layout.check_method(config.method) == 'lewm'
 
 
 def _move_aside(path: str) -> str:
@@ -163,21 +173,8 @@ def run_job(config, workdir: str, *, overwrite: bool = False, seeds: int = 1,
     return summary
 
 
-def run_pipeline(config, workdir: str, *, overwrite: bool = False) -> dict:
-  """Runs (or resumes) all stages for `config` in `workdir`; returns and writes summary.json.
-
-  Args:
-    config: the full experiment ConfigDict (experiments/configs/<env>.py).
-    workdir: the job's directory (created, claimed and locked for the run).
-    overwrite: rerun stages whose settings changed (else a change is an error).
-  Returns:
-    the summary (see `summarise`).
-  """
-  return run_job(config, workdir, overwrite=overwrite)
-
-
 def _run_locked(config, workdir: str, overwrite: bool, ablation: bool = False) -> dict:
-  dirs = {stage: os.path.join(workdir, stage) for stage in layout.STAGES}
+  dirs = {stage: os.path.join(workdir, stage) for stage in layout.stages(config.method)}
   stages = {}
 
   def run(stage, fn):
@@ -187,19 +184,17 @@ def _run_locked(config, workdir: str, overwrite: bool, ablation: bool = False) -
   run('data', lambda: dict(trajectories.describe(
       trajectories.generate(dirs['data'], config.env, config.data, config.seed))))
   if is_end_to_end(config):
-    run('pretrain', lambda: {'encoder_source': 'lewm (trained with the world model)'})
-    run('world_model', lambda: lewm_train.train(config, dirs['world_model'], dirs['data']))
+    run('lewm', lambda: lewm_train.train(config, dirs['lewm'], dirs['data']))
   else:
-    if config.encoder_source == 'export':
+    if config.encoder_source == 'export':  # a converted encoder: stage 1 has nothing to do
       encoder_path = config.encoder_export
-      run('pretrain', lambda: {'encoder_path': encoder_path, 'encoder_source': 'export'})
     else:
       run('pretrain', lambda: pretrain_train.train(config, dirs['pretrain'], dirs['data']))
       encoder_path = os.path.join(workdir, layout.ENCODER_EXPORT)
     run('world_model', lambda: world_model_train.train(
         config, dirs['world_model'], dirs['data'], encoder_path))
   run('planning', lambda: planning_run.run_planning(
-      dirs['planning'], config, os.path.join(workdir, layout.WORLD_MODEL_EXPORT)))
+      dirs['planning'], config, os.path.join(workdir, layout.world_model_export(config.method))))
   summary = summarise(config, stages)
   if ablation:
     table = run_ablation(config, workdir, dirs['data'], overwrite)
@@ -263,7 +258,7 @@ def run_ablation(config, workdir: str, data_dir: str, overwrite: bool) -> dict:
           success_rate=result['success_rate'], success_ci=result['success_ci'],
           mean_final_distance=result['mean_final_distance'], world_model=models[model_name])
   table = dict(protocol=protocol, episodes=config.planning.num_episodes,
-               objective=config.pretrain.objective, rows=rows,
+               objective=job_objective(config), rows=rows,
                seconds=time.perf_counter() - start)
   outputs.write_json(os.path.join(workdir, 'ablation.json'), table)
   print(format_ablation(table), flush=True)
@@ -275,17 +270,17 @@ def _ablation_world_model(config, workdir: str, data_dir: str, encoder_name: str
   """The world-model export of one ablation cell ('trained' / 'random_encoder' x 'proprio' /
   'no_proprio'): the main job's own where it is that cell, else trained here."""
   end_to_end = is_end_to_end(config)
-  section = 'lewm' if end_to_end else 'world_model'
+  section = layout.model_stage(config.method)
   main_dim = config[section].proprio_emb_dim
   proprio_dim = (main_dim or config.world_model.proprio_emb_dim) if model_name == 'proprio' else 0
   if encoder_name == 'trained' and proprio_dim == main_dim:
-    return os.path.join(workdir, layout.WORLD_MODEL_EXPORT)
+    return os.path.join(workdir, layout.world_model_export(config.method))
   model_config = config.copy_and_resolve_references()
   model_config[section].proprio_emb_dim = proprio_dim
   stage_dir = os.path.join(workdir, 'ablation', encoder_name, model_name)
   if end_to_end:
     model_config.lewm.train_encoder = encoder_name == 'trained'
-    settings = stage_settings(model_config, 'world_model')
+    settings = stage_settings(model_config, section)
     train = lambda: lewm_train.train(model_config, stage_dir, data_dir)
   else:
     encoder_path = os.path.join(workdir, layout.ENCODER_EXPORT)
@@ -295,7 +290,7 @@ def _ablation_world_model(config, workdir: str, data_dir: str, encoder_name: str
         pretrain_train.export_random_encoder(config, encoder_path)
     settings = {**stage_settings(model_config, 'world_model'), 'encoder_path': encoder_path}
     train = lambda: world_model_train.train(model_config, stage_dir, data_dir, encoder_path)
-  _run_stage(stage_dir, 'world_model', settings, train, overwrite)
+  _run_stage(stage_dir, section, settings, train, overwrite)
   return os.path.join(stage_dir, 'model')
 
 
@@ -339,18 +334,19 @@ def summarise(config, stages: dict) -> dict:
   """The job's headline numbers: encoder measures (trained vs random init), rollout error vs
   the constant-latent baseline, success of every planning row with its 95 % interval next to
   the random policy on the same episodes, latency, stage times, provenance."""
-  pretrain = stages['pretrain']['result']
-  world_model = stages['world_model']['result']
+  world_model = stages[layout.model_stage(config.method)]['result']
   planning = stages['planning']['result']
   stage_seconds = {name: stage['seconds'] for name, stage in stages.items()}
   rows = planning.get('rows', {})
-  # Encoder measures: stage 1's, or LeWM's (it measures its encoder after training).
-  measured = world_model if is_end_to_end(config) else pretrain
+  # Encoder measures: stage 1's, or LeWM's (it measures its encoder after training); none for a
+  # converted encoder.
+  measured = stages.get('pretrain', stages[layout.model_stage(config.method)])['result']
   summary = dict(
       env=config.env,
       variant=config.get('variant', ''),
       seed=config.seed,
-      objective=config.pretrain.objective if config.encoder_source == 'pretrain' else 'export',
+      method=config.method,
+      objective=job_objective(config),
       encoder={k: v for k, v in measured.items() if isinstance(v, (int, float))
                and k.startswith(('geometry_', 'probe_error', 'latent_distance_spearman'))},
       rollout_error=world_model['rollout_error']['visual_mean'],
@@ -383,10 +379,16 @@ def summarise(config, stages: dict) -> dict:
   return summary
 
 
+def job_objective(config) -> str:
+  """What trained the encoder: 'lewm', stage 1's objective, or 'export' (converted, frozen)."""
+  if is_end_to_end(config):
+    return 'lewm'
+  return config.pretrain.objective if config.encoder_source == 'pretrain' else 'export'
+
+
 def uses_proprio(config) -> bool:
   """Whether the job's world model reads proprioception."""
-  section = config.lewm if is_end_to_end(config) else config.world_model
-  return section.proprio_emb_dim > 0
+  return config[layout.model_stage(config.method)].proprio_emb_dim > 0
 
 
 def _pct(rate: float, ci: Optional[dict] = None) -> str:

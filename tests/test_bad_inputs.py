@@ -16,7 +16,8 @@ import pytest
 
 from jepa_jax import checkpoint, outputs
 
-pytestmark = pytest.mark.slow  # 18 subprocesses, each importing JAX: ~60 s of CPU
+pytestmark = [pytest.mark.slow,  # 18 subprocesses, each importing JAX: ~60 s of CPU
+              pytest.mark.xdist_group('bad_inputs')]  # one worker runs the shared fixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = 'experiments.convert_checkpoint'
@@ -82,8 +83,18 @@ CASES = [
      [SMOKE, '--config.ablation_protocol=mcp', '--ablation', '--workdir={tmp}/job'],
      "ablation_protocol='mcp' must be 'main' or a row of planning_extra"),
     ('pretrain_end_to_end_objective', 'experiments.pretrain',
-     [SMOKE, '--config.pretrain.objective=lewm', '--workdir={tmp}/job/pretrain'],
-     'not a stage-1 objective'),
+     [SMOKE, '--config.method=three_stage', '--config.pretrain.objective=lewm',
+      '--workdir={tmp}/job/pretrain'], 'not a stage-1 objective'),
+    # Each binary trains one method's stage; the other method's config is refused in one line.
+    ('pretrain_under_lewm', 'experiments.pretrain', [SMOKE, '--workdir={tmp}/job/pretrain'],
+     "experiments.pretrain trains the 'three_stage' method but this config has method='lewm'"),
+    ('train_wm_under_lewm', 'experiments.train_wm', [SMOKE, '--workdir={tmp}/job/world_model'],
+     'run python -m experiments.train_lewm'),
+    ('train_lewm_under_three_stage', 'experiments.train_lewm',
+     [SMOKE, '--config.method=three_stage', '--workdir={tmp}/job/lewm'],
+     '--config.method=lewm'),
+    ('unknown_method', PIPELINE, [SMOKE, '--config.method=vjepa', '--workdir={tmp}/job'],
+     "method='vjepa' is not a method"),
 ]
 
 _EARLIER = {'w': np.arange(3, dtype=np.float32)}

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from jepa_jax import envs
-from jepa_jax.pretrain import geometry
+from jepa_jax.representation import geometry
 
 IMAGE_SIZE = 32
 

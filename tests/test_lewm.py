@@ -15,6 +15,7 @@ from jepa_jax import training
 from jepa_jax.data import stats as stats_lib
 from jepa_jax.data import trajectories
 from jepa_jax.lewm import train as lewm_train
+from jepa_jax.representation import standardise
 from jepa_jax.world_model import model as model_lib
 
 IMAGE = 16
@@ -48,12 +49,12 @@ def test_folded_statistics_make_the_export_output_standardised_latents():
       params['encoder'], frames), np.float64)
   assert raw.shape == (6, 4, 1, 1, 12)
   flat = raw.reshape(-1, 12)
-  mean, std = flat.mean(0), np.sqrt(flat.var(0) + lewm_train.BATCHNORM_EPS)
-  folded = lewm_train.fold_batchnorm(jax.device_get(params['encoder']), mean, std)
+  mean, std = flat.mean(0), np.sqrt(flat.var(0) + standardise.BATCHNORM_EPS)
+  folded = standardise.fold_batchnorm(jax.device_get(params['encoder']), mean, std)
   exported = np.asarray(jax.jit(model.encode)({'encoder': folded}, frames), np.float64)
   np.testing.assert_allclose(exported, (raw - mean) / std, atol=2e-4)
   # The training-time standardisation is the same map on a batch.
-  z, batch_mean, batch_std = lewm_train.batch_normalise(jnp.asarray(raw, jnp.float32))
+  z, batch_mean, batch_std = standardise.batch_normalise(jnp.asarray(raw, jnp.float32))
   np.testing.assert_allclose(batch_mean, mean, atol=1e-6)
   np.testing.assert_allclose(np.asarray(z), (raw - mean) / std, atol=2e-4)
 
@@ -72,7 +73,7 @@ def test_prediction_loss_has_no_stop_gradient_and_trains_the_encoder():
 
   def stopped_target_loss(p):
     raw = lewm_train.encode_with_grad(model, p['encoder'], batch['observations'])
-    z, _, _ = lewm_train.batch_normalise(raw)
+    z, _, _ = standardise.batch_normalise(raw)
     pred, _ = model.predict(p, z[:, :-1], batch['actions'][:, :-1], None)
     return jnp.mean(jnp.square(pred - jax.lax.stop_gradient(z[:, 1:])))
   stopped = jax.jit(jax.grad(stopped_target_loss))(params)['encoder']['patch_embed']['proj']['kernel']

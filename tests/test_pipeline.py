@@ -1,6 +1,10 @@
-"""End-to-end: the main job on the `smoke` config completes, resumes, refuses a changed setting,
-reruns only what changed, plans better than a random policy on the same Wall episodes, and
-runs its pixels / proprio x trained / random-encoder ablation."""
+"""End-to-end: the main job on the `smoke` config (LeWM, Wall's CPU default) has exactly its
+method's stages, learns something a broken pipeline would not, resumes, refuses a changed
+setting, reruns only what changed, runs its pixels / proprio x trained / random-encoder
+ablation, and checks later stages' settings before the first one starts.
+
+The tests share one job (`job`) and run on one xdist worker, in file order (`--dist loadgroup`).
+"""
 
 import json
 import os
@@ -10,66 +14,93 @@ import pytest
 from experiments.configs import wall as wall_configs
 from jepa_jax import layout, main_job
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('smoke_pipeline')]
 
-@pytest.mark.slow
-def test_smoke_pipeline_completes_resumes_and_checks_settings(tmp_path):
+
+@pytest.fixture(scope='module')
+def job(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('job')
   config = wall_configs.get_config('smoke')
-  summary = main_job.run_pipeline(config, str(tmp_path))
+  return config, workdir, main_job.run_job(config, str(workdir))
 
-  with open(tmp_path / 'summary.json') as f:
+
+def _without_provenance(summary):
+  return {k: v for k, v in summary.items() if k != 'provenance'}
+
+
+def test_lewm_job_has_only_its_stages(job):
+  config, workdir, summary = job
+  assert config.method == 'lewm' and summary['method'] == 'lewm'
+  for stage in layout.stages('lewm'):
+    assert os.path.exists(workdir / stage / 'stage_done.json'), stage
+  # No stage-1 or stage-2 folder: LeWM has neither.
+  assert not os.path.exists(workdir / 'pretrain') and not os.path.exists(workdir / 'world_model')
+  assert os.path.isdir(workdir / layout.world_model_export('lewm'))
+  assert os.path.exists(workdir / 'lewm' / 'cost_landscape.png')
+  assert os.path.exists(workdir / 'planning' / 'results.png')
+  with open(workdir / 'summary.json') as f:
     assert json.load(f) == json.loads(json.dumps(summary))
-  for stage in layout.STAGES:
-    assert os.path.exists(tmp_path / stage / 'stage_done.json'), stage
-  # Wall's CPU default is LeWM: no stage-1 encoder, the world model carries its own.
-  assert config.pretrain.objective == 'lewm' and summary['objective'] == 'lewm'
-  assert not os.path.exists(tmp_path / layout.ENCODER_EXPORT)
-  assert os.path.isdir(tmp_path / layout.WORLD_MODEL_EXPORT)
-  assert os.path.exists(tmp_path / 'world_model' / 'cost_landscape.png')
-  assert os.path.exists(tmp_path / 'planning' / 'results.png')
-  assert any(name.startswith('events.out.tfevents') for _, _, files in os.walk(tmp_path)
-             for name in files)
-  # Same episodes for planner and random policy: planning must get closer to the goal.
+  assert set(summary['stage_seconds']) == set(layout.stages('lewm'))
+
+
+def test_smoke_job_beats_its_hollow_baselines(job):
+  # A predictor that ignores its inputs, an encoder that maps every frame alike, or a planner
+  # that acts at random fails one of these (all measured on the same clips / episodes).
+  config, _, summary = job
+  assert summary['rollout_error'] < summary['rollout_error_constant_baseline']
   assert summary['episodes'] == config.planning.num_episodes
   assert summary['episode_set'] == 'reference'
   assert summary['mean_final_distance'] < summary['random_policy_mean_final_distance']
-  assert summary['success_rate'] >= summary['random_policy_success_rate']
   assert summary['success_ci']['low'] <= summary['success_rate'] <= summary['success_ci']['high']
-  # The model reads no proprio, so every row is pixels only.
-  assert summary['pixels_only_success_rate'] == summary['success_rate']
-  assert summary['encoder']['geometry_latent_distance_spearman_random_encoder'] is not None
+  encoder = summary['encoder']
+  assert (encoder['geometry_latent_distance_spearman'] >
+          encoder['geometry_latent_distance_spearman_random_encoder'])
 
-  # A second run finds every stage done and reproduces the summary without recomputing.
-  again = main_job.run_pipeline(config, str(tmp_path))
-  assert {k: v for k, v in again.items() if k != 'provenance'} == {
-      k: v for k, v in summary.items() if k != 'provenance'}
 
-  # A changed setting is refused with one line naming it, before any work...
+def test_rerun_skips_finished_stages(job):
+  config, workdir, summary = job
+  again = main_job.run_job(config, str(workdir))
+  assert _without_provenance(again) == _without_provenance(summary)
+
+
+def test_changed_setting_is_refused_and_overwrite_reruns_only_it(job):
+  config, workdir, summary = job
   changed = config.copy_and_resolve_references()
   changed.planning.num_episodes = 2
   with pytest.raises(ValueError, match=r'stage 3 .*planning\.num_episodes: 8 -> 2.*--overwrite'):
-    main_job.run_pipeline(changed, str(tmp_path))
-  # ...and with overwrite only the changed stage reruns; the old one is kept aside.
-  rerun = main_job.run_pipeline(changed, str(tmp_path), overwrite=True)
+    main_job.run_job(changed, str(workdir))
+  rerun = main_job.run_job(changed, str(workdir), overwrite=True)
   assert rerun['episodes'] == 2
-  assert rerun['stage_seconds']['world_model'] == summary['stage_seconds']['world_model']
-  assert os.path.isdir(tmp_path / 'planning.replaced-1')
-  # The ablation on the same job (2 episodes): LeWM with and without proprio, with the encoder
-  # learning and held at its random init; the job's own model is reused, not retrained.
-  ablated = main_job.run_job(changed, str(tmp_path), ablation=True)
-  table = ablated['ablation']
+  assert rerun['stage_seconds']['lewm'] == summary['stage_seconds']['lewm']
+  assert os.path.isdir(workdir / 'planning.replaced-1')
+
+
+def test_ablation_trains_the_missing_cells_and_reuses_the_job_model(job):
+  # LeWM with and without proprio, with the encoder learning and held at its random init.
+  config, workdir, _ = job
+  changed = config.copy_and_resolve_references()
+  changed.planning.num_episodes = 2
+  table = main_job.run_job(changed, str(workdir), overwrite=True, ablation=True)['ablation']
   assert sorted(table['rows']) == sorted(f'{row}/{encoder}' for row in main_job.ABLATION_ROWS
                                          for encoder in ('trained', 'random_encoder'))
   assert table['rows']['pixels_only/trained']['world_model'] == str(
-      tmp_path / layout.WORLD_MODEL_EXPORT)
+      workdir / layout.world_model_export('lewm'))
   for row in table['rows'].values():
     assert row['success_ci']['low'] <= row['success_rate'] <= row['success_ci']['high']
-  assert ablated['pixels_only_success_rate_random_encoder'] == (
-      table['rows']['pixels_only/random_encoder']['success_rate'])
-  with open(tmp_path / 'ablation' / 'random_encoder' / 'no_proprio' / 'stage_done.json') as f:
+  with open(workdir / 'ablation' / 'random_encoder' / 'no_proprio' / 'stage_done.json') as f:
     assert json.load(f)['settings']['lewm']['train_encoder'] is False
-  # A bad setting of a later stage fails before the first stage starts.
-  bad = config.copy_and_resolve_references()
+
+
+def test_bad_later_setting_fails_before_the_first_stage(tmp_path):
+  bad = wall_configs.get_config('smoke')
   bad.planning.num_samples = 4
   with pytest.raises(ValueError, match='num_elites'):
-    main_job.run_pipeline(bad, str(tmp_path / 'fresh'))
+    main_job.run_job(bad, str(tmp_path / 'fresh'))
   assert not os.path.exists(tmp_path / 'fresh')
+
+
+def test_unknown_method_is_one_line(tmp_path):
+  bad = wall_configs.get_config('smoke')
+  bad.method = 'vjepa'
+  with pytest.raises(ValueError, match=r"method='vjepa' is not a method; choose one of"):
+    main_job.run_job(bad, str(tmp_path / 'fresh'))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from jepa_jax.pretrain import losses, probe
+from jepa_jax.pretrain import losses
+from jepa_jax.representation import probe
 
 
 def test_normalize_targets_matches_torch_layer_norm():

@@ -20,7 +20,7 @@ def small_config(**pretrain):
   """A one-block ViT at 32 px (4x4 patches of 8 px), 4-frame clips -> (2, 4, 4) tokens."""
   config = wall.get_config('smoke')
   config.seed = 3
-  config.pretrain.objective = 'vjepa'  # Wall's CPU default is LeWM; this is stage 1's test
+  config.method = 'three_stage'  # Wall's CPU default is LeWM; this is stage 1's test
   config.data.update(dict(image_size=32, num_train_trajectories=6,
                           num_validation_trajectories=3, trajectory_length=24))
   config.encoder = dict(preset='tiny', image_size=32, patch_size=8, tubelet_size=2, width=32,

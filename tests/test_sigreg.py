@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jepa_jax import sharding as sharding_lib
-from jepa_jax.pretrain import sigreg as sigreg_lib
+from jepa_jax.representation import sigreg as sigreg_lib
 
 
 def numpy_sigreg(embeddings, directions, num_knots=17, max_frequency=3.0):

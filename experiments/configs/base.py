@@ -25,14 +25,14 @@ from jepa_jax.pretrain.train import PretrainConfig
 from jepa_jax.world_model.train import WorldModelConfig
 
 VARIANTS = ('smoke', 'tiny', 'paper', 'paper_vjepa')
-ENCODER_SOURCES = ('pretrain', 'export')
 
 
 def _section(dataclass_instance) -> ml_collections.ConfigDict:
-  """A config section holding every field of a config dataclass, at its default."""
+  """A config section holding every field of a config dataclass, at its default (sequences as
+  tuples, which a `--config.<section>.<key>='(...)'` flag can override)."""
   values = dataclasses.asdict(dataclass_instance)
   return ml_collections.ConfigDict(
-      {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+      {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def get_config(env: str, variant: str) -> ml_collections.ConfigDict:
@@ -43,6 +43,9 @@ def get_config(env: str, variant: str) -> ml_collections.ConfigDict:
   config.env = env
   config.variant = variant
   config.seed = 0
+  # 'three_stage': V-JEPA encoder on frames (stage 1) -> world model on it, frozen (stage 2) ->
+  # planning; 'lewm': LeWorldModel, encoder and predictor end to end -> planning.
+  config.method = 'three_stage'
   # Stage 1 trains the encoder ('pretrain') or a converted export is used frozen ('export').
   config.encoder_source = 'export' if variant == 'paper' else 'pretrain'
   config.encoder_export = ''
@@ -55,7 +58,7 @@ def get_config(env: str, variant: str) -> ml_collections.ConfigDict:
       predictor=dict(width=384, depth=12, num_heads=12), dtype='bfloat16', log_every=100,
       checkpoint_every=5000, probe_train_trajectories=200, probe_val_trajectories=100))
   config.world_model = _section(WorldModelConfig())
-  # LeWorldModel (pretrain.objective='lewm'): encoder and predictor trained together.
+  # LeWorldModel (method='lewm'): encoder and predictor trained together.
   config.lewm = _section(LeWMConfig())
   config.planning = _section(PlanningConfig())
   # More rows of stage 3 on the same model and episodes: name -> overrides of `planning`.
@@ -121,7 +124,7 @@ def end_to_end_variant(config: ml_collections.ConfigDict) -> ml_collections.Conf
   """LeWorldModel instead of stages 1 + 2. Without proprio (`lewm.proprio_emb_dim=0`, the
   default) every planning row scores pixels and the 'pixels_only' row would repeat the main
   one, so it goes."""
-  config.pretrain.objective = 'lewm'
+  config.method = 'lewm'
   if not config.lewm.proprio_emb_dim:
     del config.planning_extra['pixels_only']
   return config

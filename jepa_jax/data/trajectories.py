@@ -246,6 +246,18 @@ def is_complete(path: str) -> bool:
       'dataset_info.json', stats_lib.STATS_FILENAME, integrity.INTEGRITY_FILENAME))
 
 
+def locate_dataset(config: Any, data_dir: str) -> str:
+  """Folder of the complete `config.env` dataset for `config.data` under `data_dir`; a missing
+  or unfinished dataset is one line naming the command that makes it."""
+  path = dataset_dir(data_dir, config.env, config.data, int(config.seed))
+  if not is_complete(path):
+    raise FileNotFoundError(
+        f'no complete {config.env} dataset at {path} (data_dir={data_dir}); generate it with '
+        f'`python -m experiments.generate_data --config=experiments/configs/{config.env}.py:'
+        f'{config.get("variant", "tiny")} --data_dir={data_dir}` or pass the right --data_dir')
+  return path
+
+
 def _rebuild_hint(path: str) -> str:
   return (f'python -m experiments.generate_data --config=experiments/configs/<env>.py:<variant> '
           f'--data_dir={os.path.dirname(os.path.dirname(os.path.dirname(path)))}')

@@ -28,9 +28,9 @@ import optax
 
 from jepa_jax import console
 from jepa_jax.envs import base
-from jepa_jax.lewm import train as lewm_train
+from jepa_jax.representation import standardise
 from jepa_jax.models import vit
-from jepa_jax.pretrain import geometry
+from jepa_jax.representation import geometry
 
 STATISTICS_STATES = 4096  # random states whose probe-target mean / std standardise the targets
 
@@ -85,7 +85,7 @@ def train_ceiling(encoder: nn.Module, env: base.Environment, *, image_size: int,
   optimiser = optax.adam(lr)
 
   def loss_fn(params, frames, targets):
-    features, _, _ = lewm_train.batch_normalise(latent(params['encoder'], frames))
+    features, _, _ = standardise.batch_normalise(latent(params['encoder'], frames))
     features = features.reshape(len(frames), -1)
     prediction = head.apply({'params': params['head']}, features)
     return jnp.mean(jnp.square(prediction - (targets - target_mean) / target_std))

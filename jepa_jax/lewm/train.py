@@ -7,10 +7,10 @@ no stop-gradient on the latents:
   L = MSE(predictor(z[:, :-1], a[:, :-1]), z[:, 1:]) + sigreg_weight * SIGReg(z)
 
 `standardise` is LeWM's BatchNorm projector without affine (per channel over the global batch,
-`batch_normalise`); it makes "every frame has the same latent" impossible, and SIGReg
+`standardise.batch_normalise`); it makes "every frame has the same latent" impossible, and SIGReg
 (pretrain/sigreg.py, over the global batch) keeps the channels from copying each other. At
 export the training set's channel mean / std are folded into the encoder's final LayerNorm
-(`fold_batchnorm`), so the exported plain ViT outputs the standardised latent. With the
+(`standardise.fold_batchnorm`), so the exported plain ViT outputs the standardised latent. With the
 default `encoder.patch_size == encoder.image_size` the latent is one global token per frame
 (`(B, T, 1, 1, D)`): the whole frame is embedded at once, so the latent of the dot is a smooth
 function of its position everywhere (a per-patch latent of a small blob is flat once the blob
@@ -47,9 +47,10 @@ from jepa_jax.data import pipeline
 from jepa_jax.data import stats as stats_lib
 from jepa_jax.data import trajectories
 from jepa_jax.models import vit
-from jepa_jax.pretrain import geometry
-from jepa_jax.pretrain import sigreg as sigreg_lib
-from jepa_jax.pretrain import train as pretrain_train
+from jepa_jax.representation import encoder as encoder_lib
+from jepa_jax.representation import geometry
+from jepa_jax.representation import sigreg as sigreg_lib
+from jepa_jax.representation import standardise
 from jepa_jax.world_model import model as model_lib
 from jepa_jax.world_model import validate
 
@@ -120,7 +121,7 @@ def as_lewm_config(section: Any) -> LeWMConfig:
 
 def build_model(cfg: LeWMConfig, stats: dict, frameskip: int) -> model_lib.WorldModel:
   """The WorldModel (trainable encoder inside) that training optimises and stage 3 loads."""
-  encoder = vit.ViTEncoder(pretrain_train.encoder_config(cfg.encoder, num_frames=1))
+  encoder = vit.ViTEncoder(encoder_lib.encoder_config(cfg.encoder, num_frames=1))
   if encoder.config.tubelet_size != 1:
     raise ValueError(f'lewm.encoder.tubelet_size must be 1 (frames are encoded one by one), '
                      f'got {encoder.config.tubelet_size}')
@@ -152,48 +153,10 @@ def init_params(model: model_lib.WorldModel, key: jax.Array, num_frames: int) ->
           **model_lib.init_trainable_params(model, rest_key, num_frames - 1)}
 
 
-BATCHNORM_EPS = 1e-5
-
-
-def frozen_output_norm(encoder_params: dict) -> dict:
-  """The encoder params with the final LayerNorm's affine held at its init (scale 1, bias 0):
-  the batch normalisation after it (`batch_normalise`) owns the output scale."""
-  return {**encoder_params, 'norm': jax.lax.stop_gradient(encoder_params['norm'])}
-
-
-def batch_normalise(z: jax.Array, eps: float = BATCHNORM_EPS
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """LeWM's BatchNorm projector without affine: each latent channel standardised over the
-  batch, frames and tokens `(B, T, h, w, D)` (under a sharded jit: the global batch).
-
-  Without an EMA or a stop-gradient the end-to-end loss has a trivial minimum, "every frame has
-  the same latent"; SIGReg alone pushes back only in proportion to the latents' spread, which
-  the prediction loss shrinks faster (measured: the latent std fell from 1e-3 to 7e-4 in 600
-  steps at lambda 0.1, to exact collapse by step 900). Standardising makes the spread fixed.
-
-  Returns:
-    `(normalised z, mean (D,), std (D,))`.
-  """
-  axes = tuple(range(z.ndim - 1))
-  z = z.astype(jnp.float32)
-  mean = jnp.mean(z, axis=axes)
-  std = jnp.sqrt(jnp.var(z, axis=axes) + eps)
-  return (z - mean) / std, mean, std
-
-
-def fold_batchnorm(encoder_params: dict, mean: np.ndarray, std: np.ndarray) -> dict:
-  """Folds the standardisation `(LN(x) - mean) / std` into the final LayerNorm's affine, so the
-  exported ViT alone outputs the standardised latent: scale' = scale / std,
-  bias' = (bias - mean) / std."""
-  norm = encoder_params['norm']
-  return {**encoder_params, 'norm': {'scale': np.asarray(norm['scale']) / std,
-                                     'bias': (np.asarray(norm['bias']) - mean) / std}}
-
-
 def lewm_loss(params: dict, batch: dict, key: jax.Array, model: model_lib.WorldModel,
               cfg: LeWMConfig) -> tuple[jax.Array, dict]:
   """`MSE(pred, z_next) + lambda * SIGReg(z) [+ proprio_weight * MSE(pe_pred, sg(pe_next))]`
-  on batch-standardised latents z (`batch_normalise`), gradients through both sides.
+  on batch-standardised latents z (`standardise.batch_normalise`), gradients through both sides.
 
   Args:
     batch: 'observations' uint8 `(B, T, S, S, 3)`, 'actions' `(B, T, A)` and 'proprio'
@@ -204,8 +167,8 @@ def lewm_loss(params: dict, batch: dict, key: jax.Array, model: model_lib.WorldM
   """
   encoder_params = (params['encoder'] if cfg.train_encoder
                     else jax.lax.stop_gradient(params['encoder']))
-  raw = encode_with_grad(model, frozen_output_norm(encoder_params), batch['observations'])
-  z, _, std = batch_normalise(raw)
+  raw = encode_with_grad(model, standardise.frozen_output_norm(encoder_params), batch['observations'])
+  z, _, std = standardise.batch_normalise(raw)
   pe = model.embed_proprio(params, batch['proprio'])
   pred_z, pred_pe = model.predict(params, z[:, :-1], batch['actions'][:, :-1],
                                   None if pe is None else pe[:, :-1])
@@ -224,20 +187,6 @@ def lewm_loss(params: dict, batch: dict, key: jax.Array, model: model_lib.WorldM
   return loss, metrics
 
 
-def latent_statistics(model: model_lib.WorldModel, encoder_params: dict, data_iter,
-                      num_batches: int) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std `(D,)` float64 of the raw latents over `num_batches` training
-  batches (the BatchNorm statistics that `fold_batchnorm` bakes into the export)."""
-  encode = jax.jit(lambda p, frames: encode_with_grad(model, p, frames))
-  total, total_sq, count = 0.0, 0.0, 0
-  for _, batch in zip(range(num_batches), data_iter):
-    z = np.asarray(encode(encoder_params, batch['observations']), np.float64)
-    z = z.reshape(-1, z.shape[-1])
-    total, total_sq, count = total + z.sum(0), total_sq + np.square(z).sum(0), count + len(z)
-  mean = total / count
-  return mean, np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0) + BATCHNORM_EPS)
-
-
 def make_train_step(model: model_lib.WorldModel, cfg: LeWMConfig, tx, seed: int):
   """Pure `(state, batch) -> (state, metrics)`; SIGReg's directions are drawn from
   `fold_in(PRNGKey(seed), step)`, so a resumed run draws what an uninterrupted one does. With
@@ -253,6 +202,22 @@ def make_train_step(model: model_lib.WorldModel, cfg: LeWMConfig, tx, seed: int)
     return ({'params': params, 'opt_state': opt_state, 'step': state['step'] + 1},
             {**metrics, 'grad_norm': optax.tree.norm(grads)})
   return train_step
+
+
+def stage_parts(config: Any, model: model_lib.WorldModel) -> dict:
+  """LeWM's `init_fn` (key -> state) and `step_fn` ((state, batch) -> (state, metrics)) for
+  `model`: what `train` runs on the stage harness and `jepa_jax.aot` compiles for TPU
+  topologies."""
+  cfg = as_lewm_config(config.get('lewm'))
+  data_cfg = trajectories.as_data_config(config.data)
+  tx = training.make_optimizer(
+      learning_rate=cfg.lr, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm,
+      schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps)
+
+  def init_fn(key):
+    params = init_params(model, key, data_cfg.num_hist + data_cfg.num_pred)
+    return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+  return dict(init_fn=init_fn, step_fn=make_train_step(model, cfg, tx, int(config.seed)))
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -275,18 +240,11 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   cfg = as_lewm_config(config.get('lewm'))
   data_cfg = trajectories.as_data_config(config.data)
   num_frames = data_cfg.num_hist + data_cfg.num_pred
-  dataset_dir = pretrain_train.locate_dataset(config, data_dir)
+  dataset_dir = trajectories.locate_dataset(config, data_dir)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   model = build_model(cfg, stats_lib.load_stats(dataset_dir), data_cfg.frameskip)
-  tx = training.make_optimizer(
-      learning_rate=cfg.lr, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm,
-      schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps)
   num_hosts = jax.process_count()
-
-  def init_fn(key):
-    params = init_params(model, key, num_frames)
-    return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
 
   def make_loader(per_host, shard_index, shard_count):
     return pipeline.make_clip_loader(
@@ -301,8 +259,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
     kept.update(mesh=mesh, random_encoder=jax.device_get(state['params']['encoder']))
 
   stage = training.Stage(
-      name='lewm', init_fn=init_fn, step_fn=make_train_step(model, cfg, tx, int(config.seed)),
-      make_loader=make_loader, batch_size=cfg.batch_size, num_steps=cfg.num_steps,
+      name='lewm', **stage_parts(config, model), make_loader=make_loader, batch_size=cfg.batch_size, num_steps=cfg.num_steps,
       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
       max_to_keep=cfg.max_to_keep, model_inputs=_model_inputs, on_init=on_init)
   result = training.run_stage(stage, config, workdir)
@@ -311,9 +268,12 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   params = jax.device_get(result.state['params'])
   training.check_finite_params(params, f'the LeWM model at step {result.loop.step}')
   statistics_loader = make_loader(cfg.batch_size // num_hosts, jax.process_index(), num_hosts)
-  mean, std = latent_statistics(model, params['encoder'], statistics_loader,
-                                cfg.statistics_batches)
-  params = {**params, 'encoder': fold_batchnorm(params['encoder'], mean, std)}
+  encode = jax.jit(lambda p, frames: encode_with_grad(model, p, frames))
+  mean, std = standardise.latent_statistics(
+      functools.partial(encode, params['encoder']),
+      (batch['observations'] for _, batch in zip(range(cfg.statistics_batches),
+                                                 statistics_loader)))
+  params = {**params, 'encoder': standardise.fold_batchnorm(params['encoder'], mean, std)}
   rollout_fn = validate.make_rollout_error_fn(model, cfg.eval_horizon)
   batches = validate.validation_batches(
       dataset_dir, horizon=cfg.eval_horizon, batch_size=cfg.eval_batch_size // num_hosts,

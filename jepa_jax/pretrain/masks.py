@@ -7,6 +7,12 @@ One *mask group* places `num_blocks` boxes on that grid; each box covers a fract
 `aspect_ratio`, and `round(temporal_scale * T')` consecutive tubelets. The *target* of the
 group is the union of its boxes; the *context* is the complement (REFERENCE §1).
 
+Predictive ("causal") groups, `context_frames = k > 0` (V-JEPA's causal multi-block masks with
+`max_temporal_keep`): the context is every token of the first k tubelets and the boxes are
+placed in the later ones only, so the predictor must say where things will be from where they
+were. With the reference's masks (k = 0) every box spans all frames, and a moving object that
+is masked in one frame is masked in all (docs/reference.md §10).
+
 Fixed counts (so the train step compiles once): every group has a fixed number of context
 tokens `num_context` and target tokens `num_target`. We use **deterministic truncation**,
 no padding: a draw whose context has fewer than `num_context` tokens or whose target has
@@ -37,12 +43,16 @@ class MaskGroupSpec:
     num_blocks: boxes per clip (their union is the target).
     spatial_scale: fraction of the `H' x W'` token plane covered by one box, in (0, 1].
     aspect_ratio: (low, high) range of box height / width, drawn uniformly per box.
-    temporal_scale: fraction of the `T'` tubelets covered by one box, in (0, 1].
+    temporal_scale: fraction of the tubelets a box may occupy (all `T'`, or the `T' - k` after
+      the context) covered by one box, in (0, 1].
+    context_frames: k > 0 makes the group predictive: context = the first k tubelets, boxes
+      only in the later ones; 0 = the reference's multi-block group.
   """
   num_blocks: int
   spatial_scale: float
   aspect_ratio: tuple[float, float] = (0.75, 1.5)
   temporal_scale: float = 1.0
+  context_frames: int = 0
 
   def __post_init__(self):
     if self.num_blocks < 1:
@@ -52,6 +62,8 @@ class MaskGroupSpec:
     if not 0.0 < self.temporal_scale <= 1.0:
       raise ValueError(
           f'MaskGroupSpec.temporal_scale must be in (0, 1], got {self.temporal_scale}')
+    if self.context_frames < 0:
+      raise ValueError(f'MaskGroupSpec.context_frames must be >= 0, got {self.context_frames}')
     low, high = self.aspect_ratio
     if not 0.0 < low <= high:
       raise ValueError(f'MaskGroupSpec.aspect_ratio must be 0 < low <= high, got {self.aspect_ratio}')
@@ -64,9 +76,13 @@ DEFAULT_MASK_GROUPS = (
 )
 
 
-def _check_grid(grid):
+def _check_grid(grid, spec: MaskGroupSpec | None = None):
   if len(grid) != 3 or min(grid) < 1:
     raise ValueError(f'token grid must be 3 positive ints (T\', H\', W\'), got {grid}')
+  if spec is not None and spec.context_frames >= grid[0]:
+    raise ValueError(f'mask group context_frames={spec.context_frames} leaves no tubelet to '
+                     f'predict on a grid of {grid[0]} tubelets; use fewer context frames or '
+                     'longer clips (pretrain.num_frames)')
 
 
 def sample_block_shape(spec: MaskGroupSpec, grid: Sequence[int],
@@ -90,17 +106,29 @@ def sample_block_shape(spec: MaskGroupSpec, grid: Sequence[int],
 
 def sample_target_mask(spec: MaskGroupSpec, grid: Sequence[int],
                        rng: np.random.Generator) -> np.ndarray:
-  """Union of `spec.num_blocks` randomly placed boxes: bool `(T', H', W')`, True = target."""
-  _check_grid(grid)
+  """Union of `spec.num_blocks` randomly placed boxes: bool `(T', H', W')`, True = target
+  (only in tubelets `>= spec.context_frames`)."""
+  _check_grid(grid, spec)
   num_t, num_h, num_w = grid
+  first = spec.context_frames
   target = np.zeros(grid, dtype=bool)
   for _ in range(spec.num_blocks):
-    t, h, w = sample_block_shape(spec, grid, rng)
-    t0 = rng.integers(0, num_t - t + 1)
+    t, h, w = sample_block_shape(spec, (num_t - first, num_h, num_w), rng)
+    t0 = first + rng.integers(0, num_t - first - t + 1)
     h0 = rng.integers(0, num_h - h + 1)
     w0 = rng.integers(0, num_w - w + 1)
     target[t0:t0 + t, h0:h0 + h, w0:w0 + w] = True
   return target
+
+
+def _context(spec: MaskGroupSpec, target: np.ndarray) -> np.ndarray:
+  """Context of a `(T', H', W')` target mask: its complement, or for a predictive group every
+  token of the first `context_frames` tubelets (flattened, bool)."""
+  if spec.context_frames:
+    context = np.zeros_like(target)
+    context[:spec.context_frames] = True
+    return context.reshape(-1)
+  return ~target.reshape(-1)
 
 
 def mask_token_counts(spec: MaskGroupSpec, grid: Sequence[int], *, quantile: float = 0.1,
@@ -108,15 +136,15 @@ def mask_token_counts(spec: MaskGroupSpec, grid: Sequence[int], *, quantile: flo
   """Fixed `(num_context, num_target)` for a group: low quantiles of the drawn counts.
 
   Both are at least 1. A draw is accepted when its context has `>= num_context` and its
-  target `>= num_target` tokens; since context + target = all tokens, at least about a
-  fraction `1 - 2 * quantile` of draws is accepted.
+  target `>= num_target` tokens; at least about a fraction `1 - 2 * quantile` of draws is
+  accepted. A predictive group's context is fixed: all tokens of its context frames.
   """
   if not 0.0 <= quantile < 0.5:
     raise ValueError(f'mask count quantile must be in [0, 0.5), got {quantile}')
   rng = np.random.default_rng(seed)
-  num_tokens = int(np.prod(grid))
-  target_sizes = np.array([sample_target_mask(spec, grid, rng).sum() for _ in range(num_draws)])
-  context_sizes = num_tokens - target_sizes
+  targets = [sample_target_mask(spec, grid, rng) for _ in range(num_draws)]
+  target_sizes = np.array([t.sum() for t in targets])
+  context_sizes = np.array([_context(spec, t).sum() for t in targets])
   if context_sizes.max() < 1:
     raise ValueError(
         f'mask group {spec} leaves no context on token grid {tuple(grid)}; use smaller '
@@ -136,9 +164,9 @@ def sample_group_indices(spec: MaskGroupSpec, grid: Sequence[int], num_context: 
     flat indices into the `(T', H', W')` grid.
   """
   for _ in range(max_draws):
-    target = sample_target_mask(spec, grid, rng).reshape(-1)
+    target = sample_target_mask(spec, grid, rng)
     target_idx = np.flatnonzero(target)
-    context_idx = np.flatnonzero(~target)
+    context_idx = np.flatnonzero(_context(spec, target))
     if len(context_idx) >= num_context and len(target_idx) >= num_target:
       context_idx = np.sort(rng.choice(context_idx, num_context, replace=False))
       target_idx = np.sort(rng.choice(target_idx, num_target, replace=False))

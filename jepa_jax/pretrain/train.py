@@ -22,8 +22,16 @@ metrics, export of the EMA target encoder to `<workdir>/encoder`, the linear pro
 latent geometry of the trained and the random-init encoder (`geometry.py`, also in TensorBoard
 every `geometry_every` steps) with the cost-landscape picture `cost_landscape.png`.
 
-`objective='vjepa_sigreg'` adds `sigreg_weight * SIGReg` of the context encoder's output tokens
-(every context token of every mask group one sample; REFERENCE §9) to the V-JEPA loss.
+`objective='vjepa_sigreg'` adds `sigreg_weight * SIGReg` of the context encoder's output to the
+V-JEPA loss (docs/reference.md §9), with `sigreg_samples` choosing what one sample is: 'tokens'
+(every context token of every group) or 'frames' (each clip's context tokens mean-pooled per
+tubelet, `(T', B, D)`, as LeWM regularises its per-frame embeddings: pooled features vary only
+with the clip's content, so position embeddings and the static background cannot satisfy the
+regulariser; docs/reference.md §10).
+
+Targets: the EMA target encoder (the reference), or with `target_gradient` the trained encoder
+itself with gradients through the targets (LeWM has no EMA; with momentum 0 and no gradient it
+is the stop-gradient "online" target).
 """
 
 from __future__ import annotations
@@ -50,16 +58,19 @@ from jepa_jax.data import pipeline
 from jepa_jax.data import trajectories as trajectories_lib
 from jepa_jax.models import masked_predictor as masked_predictor_lib
 from jepa_jax.models import vit
-from jepa_jax.pretrain import geometry
 from jepa_jax.pretrain import losses
 from jepa_jax.pretrain import masks as masks_lib
-from jepa_jax.pretrain import probe as probe_lib
-from jepa_jax.pretrain import sigreg as sigreg_lib
+from jepa_jax.representation import encoder as encoder_lib
+from jepa_jax.representation import geometry
+from jepa_jax.representation import probe as probe_lib
+from jepa_jax.representation import sigreg as sigreg_lib
+from jepa_jax.representation import standardise
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'vjepa': REFERENCE §1; 'vjepa_sigreg': plus sigreg_weight * SIGReg of the context encoder's
 # output tokens (REFERENCE §9). The end-to-end 'lewm' objective lives in jepa_jax.lewm.
 OBJECTIVES = ('vjepa', 'vjepa_sigreg')
+SIGREG_SAMPLES = ('tokens', 'frames')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +85,11 @@ class PretrainConfig:
   Predictor: `predictor` dict of `MaskedPredictorConfig` fields (width, depth, num_heads, ...).
   Dense loss (V-JEPA 2.1): `dense_loss`, targets from encoder blocks `dense_target_layers`,
   context-token term weighted by `dense_context_weight`. Objective: `objective` in OBJECTIVES,
-  SIGReg strength `sigreg_weight` on `sigreg_directions` random directions. Geometry
+  SIGReg strength `sigreg_weight` on `sigreg_directions` random directions over
+  `sigreg_samples` ('tokens' or per-tubelet pooled 'frames'). `target_gradient`: targets from
+  the trained encoder, gradients through them (no EMA). `standardise`: context and target
+  features standardised per channel over the batch (`representation.standardise`), folded
+  into the export. Geometry
   (`geometry.py`, trained and random-init encoder, TensorBoard `eval/`): every `geometry_every`
   steps (0 = only at the end) on `geometry_frames` rendered frames. Probe: frames of the first
   `probe_train_trajectories` train and `probe_val_trajectories` validation trajectories.
@@ -102,6 +117,9 @@ class PretrainConfig:
   objective: str = 'vjepa'
   sigreg_weight: float = 0.1
   sigreg_directions: int = 256
+  sigreg_samples: str = 'tokens'
+  target_gradient: bool = False
+  standardise: bool = False
   geometry_every: int = 0
   geometry_frames: int = 2000
   pixel_mean: Sequence[float] = vit.IMAGENET_MEAN
@@ -116,10 +134,13 @@ class PretrainConfig:
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
-      hint = (" ('lewm' trains encoder and world model together: jepa_jax.lewm.train.train)"
+      hint = (" (LeWM is a method of its own: --config.method=lewm)"
               if self.objective == 'lewm' else '')
       raise ValueError(f'pretrain.objective={self.objective!r} is not a stage-1 objective; '
                        f'choose one of {OBJECTIVES}{hint}')
+    if self.sigreg_samples not in SIGREG_SAMPLES:
+      raise ValueError(f'pretrain.sigreg_samples={self.sigreg_samples!r}; choose one of '
+                       f'{SIGREG_SAMPLES}')
     if self.sigreg_weight < 0 or self.geometry_every < 0:
       raise ValueError('pretrain.sigreg_weight and pretrain.geometry_every must be >= 0')
     config_sections.require_positive(self, 'pretrain', (
@@ -141,28 +162,6 @@ class PretrainConfig:
 def as_pretrain_config(section: Any) -> PretrainConfig:
   """PretrainConfig from a ConfigDict / dict (unknown keys raise TypeError naming the key)."""
   return config_sections.from_section(PretrainConfig, section)
-
-
-def encoder_config(encoder_section: Any, num_frames: int) -> vit.ViTConfig:
-  """ViTConfig from the `encoder` section (`preset` + overrides) for clips of `num_frames`."""
-  section = dict(encoder_section.to_dict() if hasattr(encoder_section, 'to_dict')
-                 else encoder_section)
-  preset = section.pop('preset', 'small')
-  section.setdefault('num_frames', num_frames)
-  config = vit.vit_config(preset, **section)
-  if num_frames % config.tubelet_size:
-    raise ValueError(f'pretrain.num_frames={num_frames} is not a multiple of '
-                     f'encoder.tubelet_size={config.tubelet_size}')
-  return config
-
-
-def token_grid(vit_config: vit.ViTConfig, num_frames: int) -> tuple[int, int, int]:
-  """(T', H', W') token grid of a clip of `num_frames` frames at the encoder resolution."""
-  if vit_config.image_size % vit_config.patch_size:
-    raise ValueError(f'encoder.image_size={vit_config.image_size} is not a multiple of '
-                     f'encoder.patch_size={vit_config.patch_size}')
-  side = vit_config.image_size // vit_config.patch_size
-  return (num_frames // vit_config.tubelet_size, side, side)
 
 
 def predictor_config(cfg: PretrainConfig, vit_config: vit.ViTConfig
@@ -196,8 +195,8 @@ class Models:
 def build_models(config: Any) -> Models:
   """Modules, token grid and fixed mask counts from the full experiment config."""
   cfg = as_pretrain_config(config.pretrain)
-  vit_config = encoder_config(config.encoder, cfg.num_frames)
-  grid = token_grid(vit_config, cfg.num_frames)
+  vit_config = encoder_lib.encoder_config(config.encoder, cfg.num_frames)
+  grid = encoder_lib.token_grid(vit_config, cfg.num_frames)
   groups = tuple(masks_lib.MaskGroupSpec(**{
       k: tuple(v) if isinstance(v, list) else v for k, v in dict(g).items()})
                  for g in cfg.mask_groups)
@@ -260,8 +259,35 @@ def preprocess_clips(frames: jax.Array, vit_config: vit.ViTConfig, cfg: Pretrain
                                tuple(cfg.pixel_std))
 
 
+def _online(encoder_params: Any, cfg: PretrainConfig) -> Any:
+  """The trained encoder's params as the loss uses them: with `standardise` the batch
+  standardisation owns the output scale, so the final LayerNorm's affine stays at its init."""
+  return standardise.frozen_output_norm(encoder_params) if cfg.standardise else encoder_params
+
+
+def regulariser_samples(context: jax.Array, context_idx: jax.Array, grid: tuple[int, int, int],
+                        group: masks_lib.MaskGroupSpec, samples: str) -> jax.Array:
+  """The samples SIGReg sees from one group's context features `(B, K, D)`.
+
+  Returns:
+    'tokens': `(1, B * K, D)`, every context token one sample; 'frames': `(F, B, D)`, each
+    clip's context tokens mean-pooled per tubelet, for the F tubelets that hold context (the
+    first `context_frames` of a predictive group, else all; a tubelet without context tokens
+    in a clip pools to 0).
+  """
+  if samples == 'tokens':
+    return context.reshape(1, -1, context.shape[-1])
+  num_frames = group.context_frames or grid[0]
+  frame_of_token = jax.nn.one_hot(context_idx // (grid[1] * grid[2]), num_frames,
+                                  dtype=jnp.float32)  # (B, K, F)
+  sums = jnp.einsum('bkf,bkd->fbd', frame_of_token, context.astype(jnp.float32))
+  counts = jnp.maximum(frame_of_token.sum(axis=1).T, 1.0)  # (F, B)
+  return sums / counts[..., None]
+
+
 def target_features(models: Models, cfg: PretrainConfig, target_params: Any,
-                    video: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    video: jax.Array, stop_gradient: bool = True
+                    ) -> tuple[jax.Array, jax.Array]:
   """Regression targets of the whole clip and the raw final features (collapse monitor).
 
   Returns:
@@ -271,9 +297,13 @@ def target_features(models: Models, cfg: PretrainConfig, target_params: Any,
   out = models.encoder.apply({'params': target_params}, video, return_layers=layers)
   final, levels = (out if layers else (out, [out]))
   batch, dim = final.shape[0], final.shape[-1]
+  if cfg.standardise and not layers:
+    levels = [standardise.batch_normalise(final)[0]]
   targets = jnp.concatenate(
       [losses.normalize_targets(h.reshape(batch, -1, dim)) for h in levels], axis=-1)
-  return jax.lax.stop_gradient(targets), jax.lax.stop_gradient(final.reshape(batch, -1, dim))
+  if stop_gradient:
+    targets = jax.lax.stop_gradient(targets)
+  return targets, jax.lax.stop_gradient(final.reshape(batch, -1, dim))
 
 
 def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Sequence[dict],
@@ -283,7 +313,7 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
 
   Args:
     params: `{'encoder', 'predictor'}` trainable parameters.
-    target_params: EMA target encoder parameters.
+    target_params: EMA target encoder parameters (unused with `cfg.target_gradient`).
     video: `(B, T, I, I, 3)` normalised clips.
     group_masks: per group `{'context_idx': (B, Kc_g), 'target_idx': (B, Kt_g)}` int32.
     key: draws SIGReg's directions ('vjepa_sigreg' only).
@@ -295,12 +325,17 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
     on the clip's content and goes to 0 when the representation collapses (position-only
     features that are the same for every clip count as collapsed).
   """
-  targets, raw = target_features(models, cfg, target_params, video)
+  targets, raw = target_features(
+      models, cfg, _online(params['encoder'], cfg) if cfg.target_gradient else target_params,
+      video, stop_gradient=not cfg.target_gradient)
   predictions, context_terms, contexts, aux = [], [], [], {}
   for g, group in enumerate(group_masks):
-    context = models.encoder.apply({'params': params['encoder']}, video,
+    context = models.encoder.apply({'params': _online(params['encoder'], cfg)}, video,
                                    token_indices=group['context_idx'])
-    contexts.append(context.reshape(-1, context.shape[-1]))
+    if cfg.standardise:
+      context = standardise.batch_normalise(context)[0]
+    contexts.append(regulariser_samples(context, group['context_idx'], models.grid,
+                                        models.mask_groups[g], cfg.sigreg_samples))
     out = models.predictor.apply({'params': params['predictor']}, context,
                                  group['context_idx'], group['target_idx'], models.grid,
                                  mask_index=g, return_context=cfg.dense_loss)
@@ -320,8 +355,11 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
   if cfg.objective == 'vjepa_sigreg':
     # Every context token of every group is one sample (over the global batch when sharded).
     aux['loss_jepa'] = loss
-    aux['sigreg'] = sigreg_lib.sigreg(key, jnp.concatenate(contexts)[None],
-                                      cfg.sigreg_directions)
+    # 'tokens': one sample set across groups; 'frames': one per group (their tubelets differ).
+    sample_sets = ([jnp.concatenate(contexts, axis=1)] if cfg.sigreg_samples == 'tokens'
+                   else contexts)
+    aux['sigreg'] = jnp.mean(jnp.stack([
+        sigreg_lib.sigreg(key, samples, cfg.sigreg_directions) for samples in sample_sets]))
     loss = loss + cfg.sigreg_weight * aux['sigreg']
   aux['target_feature_std'] = raw.astype(jnp.float32).std(axis=0).mean()
   return loss, aux
@@ -364,14 +402,15 @@ def sharded_setup(config: Any, mesh: jax.sharding.Mesh
   Returns:
     `(models, cfg, state, step_fn)` with `step_fn(state, device_batch) -> (state, metrics)`.
   """
-  models, cfg, stage_parts = _stage_parts(config)
-  state, shardings = training.init_sharded(stage_parts['init_fn'], int(config.seed), mesh,
+  models, cfg, parts = stage_parts(config)
+  state, shardings = training.init_sharded(parts['init_fn'], int(config.seed), mesh,
                                            training.partition_rules(config))
-  return models, cfg, state, training.jit_step(stage_parts['step_fn'], shardings, (), mesh)
+  return models, cfg, state, training.jit_step(parts['step_fn'], shardings, (), mesh)
 
 
-def _stage_parts(config: Any) -> tuple[Models, PretrainConfig, dict]:
-  """Models, the section's config and the stage's `init_fn` / `step_fn`."""
+def stage_parts(config: Any) -> tuple[Models, PretrainConfig, dict]:
+  """Models, the section's config and the stage's `init_fn` / `step_fn` (what `train` runs on
+  the stage harness, and what `jepa_jax.aot` compiles for TPU topologies)."""
   cfg = as_pretrain_config(config.pretrain)
   models = build_models(config)
   optimizer, schedule = make_optimizer(cfg)
@@ -423,16 +462,17 @@ def run_probe(encode: Callable[[np.ndarray], jax.Array], dataset_path: str,
   return results
 
 
-def locate_dataset(config: Any, data_dir: str) -> str:
-  """Folder of the `config.env` dataset for `config.data` under `data_dir`, with a clear
-  error."""
-  path = trajectories_lib.dataset_dir(data_dir, config.env, config.data, int(config.seed))
-  if not trajectories_lib.is_complete(path):
-    raise FileNotFoundError(
-        f'no complete {config.env} dataset at {path} (data_dir={data_dir}); generate it with '
-        f'`python -m experiments.generate_data --config=experiments/configs/{config.env}.py:'
-        f'{config.get("variant", "tiny")} --data_dir={data_dir}` or pass the right --data_dir')
-  return path
+def fold_training_statistics(encode: Callable[[Any, np.ndarray], jax.Array], encoder_params: Any,
+                             dataset_path: str, cfg: PretrainConfig) -> Any:
+  """`encoder_params` with the per-channel mean / std of its features over the frames of the
+  first `probe_train_trajectories` training trajectories folded into its final LayerNorm."""
+  frames = trajectories_lib.load_trajectories(
+      dataset_path, 'train', max_count=cfg.probe_train_trajectories)['observations']
+  frames = frames.reshape((-1,) + frames.shape[2:])
+  batches = (frames[i:i + cfg.probe_batch_size]
+             for i in range(0, len(frames), cfg.probe_batch_size))
+  mean, std = standardise.latent_statistics(functools.partial(encode, encoder_params), batches)
+  return standardise.fold_batchnorm(jax.device_get(encoder_params), mean, std)
 
 
 def export_encoder(path: str, models: Models, cfg: PretrainConfig, params: Any) -> None:
@@ -446,8 +486,8 @@ def export_encoder(path: str, models: Models, cfg: PretrainConfig, params: Any) 
 def export_random_encoder(config: Any, path: str) -> None:
   """Exports the random initialisation of stage 1's encoder (the init `train` starts from for
   `config.seed`): the same-architecture baseline of the ablation."""
-  models, cfg, stage_parts = _stage_parts(config)
-  state = jax.jit(stage_parts['init_fn'])(jax.random.PRNGKey(int(config.seed)))
+  models, cfg, parts = stage_parts(config)
+  state = jax.jit(parts['init_fn'])(jax.random.PRNGKey(int(config.seed)))
   export_encoder(path, models, cfg, jax.device_get(state['target_encoder']))
 
 
@@ -467,9 +507,9 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   """
   start_time = time.time()
   workdir = os.path.abspath(workdir)
-  dataset_path = locate_dataset(config, data_dir)
+  dataset_path = trajectories_lib.locate_dataset(config, data_dir)
   os.makedirs(workdir, exist_ok=True)
-  models, cfg, stage_parts = _stage_parts(config)
+  models, cfg, parts = stage_parts(config)
   logging.info('stage 1: token grid %s, mask counts (context, target) per group %s',
                models.grid, models.mask_counts)
   mask_transform = masks_lib.MultiBlockMaskTransform(models.grid, models.mask_groups,
@@ -508,7 +548,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
             **{f'{k}_random_encoder': v for k, v in random_geometry.items() if np.ndim(v) == 0}}
 
   stage = training.Stage(
-      name='pretrain', **stage_parts, make_loader=make_loader, batch_size=cfg.batch_size,
+      name='pretrain', **parts, make_loader=make_loader, batch_size=cfg.batch_size,
       num_steps=cfg.num_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
       max_to_keep=cfg.max_to_keep, model_inputs=model_batch,
       settings=('env', 'seed', 'data', 'encoder'),
@@ -520,6 +560,12 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
 
   target_params = state['target_encoder']
   training.check_finite_params(target_params, f'the stage-1 encoder at step {cfg.num_steps}')
+  if cfg.standardise:
+    # The export outputs the standardised features the predictor was fed; the random-init
+    # baseline is measured with the same standardisation.
+    target_params, random_params = (
+        fold_training_statistics(encode, params, dataset_path, cfg)
+        for params in (target_params, random_params))
   export_encoder(os.path.join(workdir, 'encoder'), models, cfg, target_params)
 
   probe_start = time.perf_counter()

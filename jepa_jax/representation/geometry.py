@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_jax.envs import base
-from jepa_jax.pretrain import probe as probe_lib
+from jepa_jax.representation import probe as probe_lib
 
 Encoder = Callable[[np.ndarray], jax.Array]
 

@@ -183,11 +183,13 @@ class Trajectories(tfds.core.GeneratorBasedBuilder):
   """Collection trajectories of one environment (see the module docstring); build with
   `generate`."""
 
-  VERSION = tfds.core.Version('2.0.0')
+  VERSION = tfds.core.Version('2.1.0')
   RELEASE_NOTES = {
       '1.0.0': 'Random-walk DotWall trajectories rendered in JAX (as wall_trajectories).',
       '1.1.0': 'Walks keep pushing into walls (reference random walk; no heading reversal).',
       '2.0.0': 'One builder for every environment; full simulator states stored as `states`.',
+      '2.1.0': 'Push-T steps as pymunk from its whole state (block velocity, warm start): 47 '
+               'numbers per state, other dynamics.',
   }
 
   def __init__(self, *, config: TrajectoriesConfig, data_dir: str, **kwargs):

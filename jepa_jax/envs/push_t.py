@@ -1,28 +1,42 @@
 """The Push-T environment of the reference (pymunk Push-T of DINO-WM), as pure float32 JAX.
 
 A kinematic disc (the agent, radius 15) pushes a T-shaped block towards a fixed goal pose in a
-512 x 512 workspace (REFERENCE.md section 7). Coordinates are pixels with x to the right and y
+512 x 512 workspace (docs/reference.md §7). Coordinates are pixels with x to the right and y
 down (pygame's screen, no flip); angles are radians, positive from +x towards +y.
 
-State f32 (7,): [agent_x, agent_y, block_x, block_y, block_angle, agent_vx, agent_vy]; the block
-pose is that of its body frame (the T's local origin, the top middle of the bar), the angle is
-wrapped to [0, 2 pi) as the reference observes it. proprio = agent position and velocity (4,).
+State f32 (STATE_DIM = 47,): the simulator's whole state, the reference's 7 numbers first.
+  [0:7]   [agent_x, agent_y, block_x, block_y, block_angle, agent_vx, agent_vy]: the reference's
+          observation (`reference_obs`); the block pose is pymunk's `block.position` (the T's
+          local origin, the top middle of the bar) and angle, wrapped to [0, 2 pi).
+  [7:10]  the block's velocity (of its centre of gravity, px/s) and angular velocity (rad/s):
+          pymunk's `block.velocity`, `block.angular_velocity` (BLOCK_VELOCITY, BLOCK_SPIN);
+  [10:13] its bias velocity and spin, the penetration correction of the last solve (Chipmunk's
+          `v_bias`, `w_bias`, not exposed by pymunk; BIAS_VELOCITY, BIAS_SPIN);
+  [13:47] the accumulated normal impulse of each contact slot (`rigid2d.Scene.num_contacts`:
+          the disc against the bar and the stem, then each (box, vertex, wall)), the warm start
+          of the next solve (IMPULSES).
+With damping 0 the block restarts every physics step from rest: the carried velocities only
+move it once, at the start of the next step (pymunk integrates positions before solving), and
+the impulses only start the next solve. They are still pymunk's state: dropping them (a 7-number
+state) puts the block one substep of motion behind pymunk after every env step and restarts the
+warm start. `from_reference_obs(obs)` makes the full state of a block at rest (as the
+reference's reset leaves it), `reference_obs(state)` reads the 7 numbers back. proprio = agent
+position and velocity (4,).
 
 Dynamics (`step`, one env step = 10 substeps of 0.01 s): the action a (2,) sets the target
 `agent_pos + 100 a`; each substep a PD law updates the agent velocity
-`v += (100 (target - p) - 20 v) dt` and moves the agent by `v dt`, then `rigid2d.substep` lets it
-push the block. The block weighs 1, its moment of inertia is twice the bar's `moment_for_poly`
-(the reference computes the stem's from the bar's vertices too), its centre of gravity lies
-midway between the two boxes' centroids; friction is 0 everywhere (the reference's
-`body.friction = 1` is an attribute pymunk ignores) and damping 0 makes it quasi-static.
-pymunk applies each substep's contact velocity at the start of the next substep; here it is
-applied at the end of the same one. The sequences of operations are the same, so the state after
-an env step is pymunk's advanced by the block's last substep of motion (`v dt`, at most a few
-pixels while pushing), and the block carries no velocity into the next env step. The one thing
-the 7-dim state cannot carry is the solver's warm start, which restarts at every env step; it
-only matters with several simultaneous contacts. Measured against pymunk (tests/test_push_t.py):
-free pushes and slides along a wall agree within 0.1 px over 10 env steps; a T squeezed between
-the pusher and a wall (an infeasible contact problem) is chaotic and diverges.
+`v += (100 (target - p) - 20 v) dt`, then `rigid2d.substep` runs pymunk's `space.step(dt)`: the
+agent moves by `v dt`, the block by its carried velocity, then the contacts are solved. The
+block weighs 1, its moment of inertia is twice the bar's `moment_for_poly` (the reference
+computes the stem's from the bar's vertices too), its centre of gravity lies midway between the
+two boxes' centroids; friction is 0 everywhere (the reference's `body.friction = 1` is an
+attribute pymunk ignores). Measured against pymunk 7.3 from the same full state
+(tests/test_push_t_pymunk.py, pushes aimed at the block at the data policy's speed): one env
+step lands within 0.5 px and 0.01 rad of pymunk on 98 % of the steps where the pusher touches
+the block, exactly (< 0.01 px) on 96 %; every miss has the block against a wall, where pymunk's
+order of solving the contacts (set by its bounding-box tree) changes the result and ours does
+not follow it (rigid2d's docstring). 20-step open-loop pushes end within 0.01 px of pymunk in
+the median episode.
 
 The reference's reset runs one physics step after setting the state; starts from `random_state`
 are at rest and clear of the block, where that step changes nothing, so it is not modelled.
@@ -84,14 +98,22 @@ WALL_COLOUR = (211, 211, 211)           # LightGray
 OUTLINE_HALF_WIDTH = 2.0
 AGENT_INNER_RADIUS = AGENT_RADIUS - 4
 
-STATE_DIM = 7
+# The full state, f32 (STATE_DIM,): the reference's 7 numbers first, then what pymunk carries
+# between steps (see the module docstring).
+REFERENCE_DIM = 7
+BLOCK_VELOCITY, BLOCK_SPIN = slice(7, 9), 9
+BIAS_VELOCITY, BIAS_SPIN = slice(10, 12), 12
+IMPULSES = slice(13, 13 + SCENE.num_contacts)
+STATE_DIM = IMPULSES.stop
 
 
 def _check_state(state, name='state'):
   state = jnp.asarray(state, jnp.float32)
   if state.shape != (STATE_DIM,):
-    raise ValueError(f'push_t {name} must have shape (7,) [agent_xy, block_xy, angle, '
-                     f'agent_vxy]; got {state.shape} (vmap for batches)')
+    hint = (' (a reference observation: push_t.from_reference_obs(obs))'
+            if state.shape == (REFERENCE_DIM,) else ' (vmap for batches)')
+    raise ValueError(f'push_t {name} must be a full state of shape ({STATE_DIM},); got '
+                     f'{state.shape}{hint}')
   return state
 
 
@@ -99,26 +121,60 @@ def _block_cog(block_xy, angle):
   return block_xy + rigid2d.rotation(angle) @ jnp.asarray(T_COG, jnp.float32)
 
 
+def from_reference_obs(obs):
+  """The full state f32 (STATE_DIM,) of a reference observation f32 (7,) [agent_xy, block_xy,
+  angle, agent_vxy] with the block at rest and no contact history, as the reference's reset
+  leaves it."""
+  obs = jnp.asarray(obs, jnp.float32)
+  if obs.shape != (REFERENCE_DIM,):
+    raise ValueError(f'push_t reference observation must have shape (7,) [agent_xy, block_xy, '
+                     f'angle, agent_vxy]; got {obs.shape} (vmap for batches)')
+  return jnp.concatenate([obs, _carried(rigid2d.at_rest(SCENE, _block_cog(obs[2:4], obs[4]),
+                                                       obs[4]))])
+
+
+def reference_obs(state):
+  """f32 (7,): the reference's observation [agent_xy, block_xy, angle, agent_vxy] of a state."""
+  return _check_state(state)[:REFERENCE_DIM]
+
+
+def _block_body(state):
+  return rigid2d.Body(cog=_block_cog(state[2:4], state[4]), angle=state[4],
+                      velocity=state[BLOCK_VELOCITY], spin=state[BLOCK_SPIN],
+                      bias_velocity=state[BIAS_VELOCITY], bias_spin=state[BIAS_SPIN],
+                      impulses=state[IMPULSES])
+
+
+def _carried(body):
+  """f32 (STATE_DIM - 7,): the part of the state after the reference's 7 numbers."""
+  return jnp.concatenate([body.velocity, body.spin[None], body.bias_velocity,
+                          body.bias_spin[None], body.impulses])
+
+
+def _pack(agent, agent_velocity, body):
+  block = body.cog - rigid2d.rotation(body.angle) @ jnp.asarray(T_COG, jnp.float32)
+  return jnp.concatenate([agent, block, jnp.mod(body.angle, 2 * jnp.pi)[None], agent_velocity,
+                          _carried(body)])
+
+
 def step(state, action):
-  """One env step: `(state (7,), action (2,)) -> state (7,)` (see the module docstring)."""
+  """One env step: `(state (STATE_DIM,), action (2,)) -> state` (see the module docstring)."""
   state = _check_state(state)
   action = jnp.asarray(action, jnp.float32)
   if action.shape != (2,):
     raise ValueError(f'push_t action must have shape (2,); got {action.shape}')
-  agent, block, angle, vel = state[:2], state[2:4], state[4], state[5:7]
+  agent, vel = state[:2], state[5:7]
   target = agent + ACTION_SCALE * action
 
   def substep(carry, _):
-    agent, vel, cog, angle, cache = carry
+    agent, vel, body = carry
     vel = vel + (K_P * (target - agent) - K_V * vel) * DT
     agent = agent + vel * DT
-    cog, angle, cache = rigid2d.substep(SCENE, agent, vel, cog, angle, cache)
-    return (agent, vel, cog, angle, cache), None
+    return (agent, vel, rigid2d.substep(SCENE, agent, vel, body)), None
 
-  carry = (agent, vel, _block_cog(block, angle), angle, SCENE.empty_cache())
-  (agent, vel, cog, angle, _), _ = jax.lax.scan(substep, carry, None, length=SUBSTEPS)
-  block = cog - rigid2d.rotation(angle) @ jnp.asarray(T_COG, jnp.float32)
-  return jnp.concatenate([agent, block, jnp.mod(angle, 2 * jnp.pi)[None], vel])
+  (agent, vel, body), _ = jax.lax.scan(substep, (agent, vel, _block_body(state)), None,
+                                       length=SUBSTEPS)
+  return _pack(agent, vel, body)
 
 
 def proprio(state):
@@ -227,7 +283,7 @@ def render(state, size=224):
 
   Equals drawing the 512 x 512 canvas and resizing it bilinearly (OpenCV INTER_LINEAR, no
   antialiasing), but only evaluates the canvas at the 2 x 2 source pixels of each output pixel.
-  state: f32 (7,). Returns uint8 (size, size, 3).
+  state: f32 (STATE_DIM,). Returns uint8 (size, size, 3).
   """
   if not isinstance(size, (int, np.integer)) or size < 1:
     raise ValueError(f'push_t render size must be a positive Python int (static); got {size!r}')
@@ -254,7 +310,7 @@ def random_state(key, num_tries=32):
   """A data-collection start: agent uniform in [50, 450]^2, block position uniform in
   [100, 400]^2 and angle uniform in [0, 2 pi) (the reference's ranges), at rest; resampled until
   the agent clears the block by 5 px and the whole T lies inside the walls (the first of
-  `num_tries` draws that does; all fail with negligible probability). Returns f32 (7,)."""
+  `num_tries` draws that does; all fail with negligible probability). Returns f32 (STATE_DIM,)."""
   keys = jax.random.split(key, 3)
   agent = jax.random.uniform(keys[0], (num_tries, 2), jnp.float32, 50.0, 450.0)
   block = jax.random.uniform(keys[1], (num_tries, 2), jnp.float32, 100.0, 400.0)
@@ -265,7 +321,8 @@ def random_state(key, num_tries=32):
   lo, hi = WALL_LINE_LOW + WALL_RADIUS, WALL_LINE_HIGH - WALL_RADIUS
   inside = jnp.all((corners > lo) & (corners < hi), axis=(1, 2, 3))
   first = jnp.argmax((clearance > AGENT_RADIUS + 5.0) & inside)
-  return jnp.concatenate([agent[first], block[first], angle[first][None], jnp.zeros(2)])
+  return from_reference_obs(jnp.concatenate([agent[first], block[first], angle[first][None],
+                                            jnp.zeros(2)]))
 
 
 ORBIT_RADIUS = 100.0   # clears the T (farthest point 77 px from its centre of gravity) + agent
@@ -285,7 +342,7 @@ def _outline_edges():
 
 
 def collect_actions(key, start, length, **policy_options):
-  """Data policy (see `scripted_pusher`): f32 (length, 2) env actions from `start` (7,)."""
+  """Data policy (see `scripted_pusher`): f32 (length, 2) env actions from `start` (STATE_DIM,)."""
   return scripted_pusher(key, start, length, **policy_options)[0]
 
 
@@ -309,9 +366,9 @@ def scripted_pusher(key, start, length, *, push_steps=(5, 14), random_move_prob=
   `a` drives the agent at about 370 `a` px/s.
 
   Args:
-    key: PRNG key; start: f32 (7,) start state; length: static int number of env steps.
+    key: PRNG key; start: f32 (STATE_DIM,) start state; length: static int number of env steps.
   Returns:
-    actions f32 (length, 2) and the states it visited f32 (length + 1, 7) (equal to
+    actions f32 (length, 2) and the states it visited f32 (length + 1, STATE_DIM) (equal to
     `ENV.rollout(start, actions)`).
   """
   if not isinstance(length, (int, np.integer)) or length < 1:
@@ -390,7 +447,7 @@ def sample_start_goal(key):
   `random_state`, the data policy runs `SEGMENT_START_STEPS` (25) steps; the state it reaches is
   the start (so the agent is engaged with the block, as in a dataset segment) and the state
   `GOAL_OFFSET_STEPS` (25) steps later is the goal, reachable by construction; the episode
-  gets `EPISODE_STEPS` (50, LeWM's budget) env steps. Returns (start f32 (7,), goal f32 (7,))."""
+  gets `EPISODE_STEPS` (50, LeWM's budget) env steps. Returns (start, goal) f32 (STATE_DIM,)."""
   key_start, key_policy = jax.random.split(key)
   path = scripted_pusher(key_policy, random_state(key_start),
                          SEGMENT_START_STEPS + GOAL_OFFSET_STEPS)[1]

@@ -1,27 +1,33 @@
 """A small planar contact solver in pure JAX: one compound rigid body of boxes, pushed by a
 kinematic disc, inside straight walls. It follows Chipmunk 2D (the engine behind pymunk) step
-for step, so that it reproduces pymunk scenes such as the reference's Push-T.
+for step and carries what Chipmunk carries between steps (`Body`), so that it reproduces pymunk
+scenes such as the reference's Push-T from any state pymunk can be in.
 
-Chipmunk's step, specialised to this scene (`substep`):
-  1. velocities decay by `damping ** dt`; this solver models pymunk's damping 0 only (Push-T),
-     where the body starts every substep at rest: it is quasi-static, moved only by the impulses
-     of the current substep, so no body velocity needs to be carried;
-  2. contacts are found on the current poses: disc vs each box (one point each, the closest
+Chipmunk's step (`cpSpaceStep`), specialised to this scene (`substep`):
+  1. the pose moves by the velocity and the bias velocity that the last step's solve left
+     (the disc has moved by its own velocity before, as Chipmunk moves every body first);
+  2. contacts are found on the new poses: disc vs each box (one point each, the closest
      points), and every box vertex against every wall (a wall is the inner face of a pymunk
      segment: its line moved in by the segment's radius), active where the signed distance is
      <= 0;
-  3. contacts that were already active in the previous substep are warm-started with their
-     accumulated impulse;
-  4. `iterations` rounds of sequential impulses (projected Gauss-Seidel on the contacts'
+  3. velocities decay by `damping ** dt`; this solver models pymunk's damping 0 only (Push-T),
+     where the body restarts every step from rest (quasi-static): the velocity carried over
+     only moves the pose in 1.;
+  4. warm start: contacts that were touching in the last step start from their accumulated
+     impulse. (Chipmunk also keeps the impulses of a pair of shapes that stopped touching for
+     up to 3 steps; reproducing that changed no measured step, so it is left out);
+  5. `iterations` rounds of sequential impulses (projected Gauss-Seidel on the contacts'
      coupling matrix, which is what sequential impulses on one body amount to): per contact, a
-     normal impulse that cancels the
-     normal relative velocity (restitution 0) and a separate bias impulse that pushes
-     penetration deeper than `slop` apart at the rate `bias_coef / dt`; both accumulated impulses
-     are clamped at >= 0. Friction is 0, so there is no tangential impulse;
-  5. the pose integrates the velocity plus the bias velocity.
-Chipmunk integrates positions at the start of its step and solves at the end; running the same
-operations as solve-then-integrate is identical except that the body's last motion is applied
-within the substep instead of at the start of the next one (see push_t.py).
+     normal impulse that cancels the normal relative velocity (restitution 0) and a separate
+     bias impulse that pushes penetration deeper than `slop` apart at the rate
+     `bias_coef / dt`; both accumulated impulses are clamped at >= 0. Friction is 0, so there
+     is no tangential impulse. The result is the body's velocity and bias velocity, applied to
+     the pose at the start of the next step.
+The one thing not reproduced is the order in which Chipmunk visits its arbiters (set by its
+bounding-box tree's history); here it is disc-bar, disc-stem, then the deepest wall contacts.
+Gauss-Seidel's 10 rounds do not converge where the disc jams the body against a wall, so there
+the order changes the result (measured in tests/test_push_t_pymunk.py); with the disc alone,
+even touching both boxes, the step is pymunk's to float32 rounding.
 
 Units are those of the scene (Push-T: pixels, seconds, mass 1). Positions of the body are its
 centre of gravity `cog` in world coordinates; the body frame origin is `cog - R(angle) cog_local`.
@@ -29,6 +35,7 @@ All functions are pure and jit/vmap-able; shapes below are for one scene (vmap f
 """
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,10 +95,6 @@ class Scene:
     """Slots of the contact cache: one per box for the disc, then one per (box, vertex, wall)."""
     num_boxes = self.box_corners.shape[0]
     return num_boxes + num_boxes * 4 * self.wall_normals.shape[0]
-
-  def empty_cache(self):
-    """f32 (num_contacts,) accumulated impulses of a scene with no previous contacts."""
-    return jnp.zeros((self.num_contacts,), jnp.float32)
 
 
 def rotation(angle):
@@ -155,23 +158,56 @@ def wall_contacts(scene, cog, angle):
   return dist.reshape(-1), jnp.tile(normals, (verts.shape[0], 1)), points
 
 
-def substep(scene, disc_pos, disc_vel, cog, angle, cache):
-  """One physics substep; the disc has already moved to `disc_pos` with velocity `disc_vel`.
+class Body(NamedTuple):
+  """What Chipmunk carries from one step to the next for the body (f32; `impulses` per contact
+  slot of `Scene.num_contacts`, the rest as in pymunk's `Body`).
+
+  cog: (2,) centre of gravity, world frame; angle: () rad.
+  velocity: (2,) of the centre of gravity and spin: () rad/s: pymunk's `velocity` and
+    `angular_velocity`, what the solver left; with damping 0 they only move the body at the
+    start of the next step (then the body restarts from rest).
+  bias_velocity: (2,), bias_spin (): the penetration-correcting velocity of the last solve
+    (Chipmunk's `v_bias`, `w_bias`), also applied at the start of the next step only.
+  impulses: (num_contacts,) accumulated normal impulse of each contact slot at the end of the
+    last solve (0 where it was not touching): the next solve's warm start.
+  """
+  cog: jax.Array
+  angle: jax.Array
+  velocity: jax.Array
+  spin: jax.Array
+  bias_velocity: jax.Array
+  bias_spin: jax.Array
+  impulses: jax.Array
+
+
+def at_rest(scene, cog, angle):
+  """`Body` at `cog` (2,), `angle` () with no velocity and no contact history."""
+  zero = jnp.zeros((), jnp.float32)
+  return Body(jnp.asarray(cog, jnp.float32), jnp.asarray(angle, jnp.float32),
+              jnp.zeros(2, jnp.float32), zero, jnp.zeros(2, jnp.float32), zero,
+              jnp.zeros((scene.num_contacts,), jnp.float32))
+
+
+def substep(scene, disc_pos, disc_vel, body):
+  """One Chipmunk step (pymunk's `space.step(scene.dt)`) of the body; the disc's velocity has
+  been set and its position already advanced to `disc_pos` (pymunk moves it first, as below).
 
   Args:
     scene: `Scene` (static).
     disc_pos, disc_vel: f32 (2,) kinematic disc position and velocity (units, units/s).
-    cog: f32 (2,) body centre of gravity; angle: f32 () body angle (rad).
-    cache: f32 (num_contacts,) accumulated normal impulses of the previous substep (0 where a
-      contact was not active), for warm starting.
+    body: `Body` before the step.
   Returns:
-    (cog, angle, cache) after the substep.
+    `Body` after the step.
   """
   dt = scene.dt
   inv_mass, inv_moment = 1.0 / scene.mass, 1.0 / scene.moment
   bias_coef = 1.0 - scene.collision_bias ** dt
   num_boxes = scene.box_corners.shape[0]
+  # 1. The pose moves by the last solve's velocity plus its bias velocity.
+  cog = body.cog + (body.velocity + body.bias_velocity) * dt
+  angle = body.angle + (body.spin + body.bias_spin) * dt
 
+  # 2. Contacts on the new pose.
   disc_n, disc_dist, disc_point = disc_box_contacts(scene, disc_pos, cog, angle)
   wall_dist, wall_n, wall_point = wall_contacts(scene, cog, angle)
   # Only the deepest wall contacts take part; the rest are almost always inactive.
@@ -191,13 +227,15 @@ def substep(scene, disc_pos, disc_vel, cog, angle, cache):
   coupling = inv_mass * normal @ normal.T + inv_moment * rn[:, None] * rn[None, :]
   coupling = jnp.where(active[:, None] & active[None, :], coupling, 0.0)
   normal_mass = jnp.where(active, 1.0 / jnp.where(active, jnp.diag(coupling), 1.0), 0.0)
-  # Targets: the normal impulse cancels the relative normal velocity (the body starts at rest,
-  # damping 0); the bias impulse reaches the penetration-correcting bias velocity.
+  # 3. Damping 0 stops the body (velocity and bias velocity restart from 0). Targets: the normal
+  # impulse cancels the relative normal velocity; the bias impulse reaches the
+  # penetration-correcting bias velocity.
   other_normal_speed = jnp.sum(other_vel * normal, -1)
   bias = -bias_coef * jnp.minimum(0.0, dist + scene.slop) / dt
   target = jnp.stack([other_normal_speed, bias], -1)           # (K, 2): normal, bias columns
-  # Warm start: contacts active in the previous substep begin with their accumulated impulse.
-  impulse = jnp.stack([jnp.where(active, cache[slot], 0.0), jnp.zeros_like(dist)], -1)
+  # 4. Warm start: contacts that were touching at the last step begin with their accumulated
+  # impulse; the bias impulse always starts from 0.
+  impulse = jnp.stack([jnp.where(active, body.impulses[slot], 0.0), jnp.zeros_like(dist)], -1)
 
   def solve_round(_, impulse):
     for k in range(normal.shape[0]):   # Gauss-Seidel in slot order, as Chipmunk's solver
@@ -207,8 +245,7 @@ def substep(scene, disc_pos, disc_vel, cog, angle, cache):
     return impulse
 
   impulse = jax.lax.fori_loop(0, scene.iterations, solve_round, impulse)
-  total = impulse[:, 0] + impulse[:, 1]                          # velocity + bias velocity
-  vel = inv_mass * jnp.sum(total[:, None] * normal, 0)
-  omega = inv_moment * jnp.sum(total * rn)
-  new_cache = jnp.zeros_like(cache).at[slot].set(jnp.where(active, impulse[:, 0], 0.0))
-  return cog + vel * dt, angle + omega * dt, new_cache
+  linear = inv_mass * impulse.T @ normal                         # (2, 2): velocity, bias rows
+  angular = inv_moment * impulse.T @ rn                          # (2,)
+  impulses = jnp.zeros_like(body.impulses).at[slot].set(jnp.where(active, impulse[:, 0], 0.0))
+  return Body(cog, angle, linear[0], angular[0], linear[1], angular[1], impulses)

@@ -21,7 +21,7 @@ import pytest
 from jepa_jax import envs
 from jepa_jax.data import importers, integrity, trajectories
 from jepa_jax.data import stats as stats_lib
-from jepa_jax.data.importers import dino_wm, writer
+from jepa_jax.data.importers import dino_wm
 
 torch = pytest.importorskip('torch')
 h5py = pytest.importorskip('h5py')

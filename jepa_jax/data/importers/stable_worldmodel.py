@@ -82,7 +82,7 @@ class HDF5Source(_RowSource):
   def __init__(self, path: str):
     import h5py  # pylint: disable=g-import-not-at-top
     try:
-      import hdf5plugin  # pylint: disable=g-import-not-at-top,unused-import  # compressed files
+      import hdf5plugin  # noqa: F401  (registers compression filters with h5py)
     except ImportError:
       pass
     self.path = _single_file(path, ('.h5', '.hdf5'), 'HDF5')

@@ -30,13 +30,17 @@ agent moves by `v dt`, the block by its carried velocity, then the contacts are 
 block weighs 1, its moment of inertia is twice the bar's `moment_for_poly` (the reference
 computes the stem's from the bar's vertices too), its centre of gravity lies midway between the
 two boxes' centroids; friction is 0 everywhere (the reference's `body.friction = 1` is an
-attribute pymunk ignores). Measured against pymunk 7.3 from the same full state
-(tests/test_push_t_pymunk.py, pushes aimed at the block at the data policy's speed): one env
-step lands within 0.5 px and 0.01 rad of pymunk on 98 % of the steps where the pusher touches
-the block, exactly (< 0.01 px) on 96 %; every miss has the block against a wall, where pymunk's
-order of solving the contacts (set by its bounding-box tree) changes the result and ours does
-not follow it (rigid2d's docstring). 20-step open-loop pushes end within 0.01 px of pymunk in
-the median episode.
+attribute pymunk ignores).
+
+Measured against pymunk 7.3 stepping from the same full state (tests/test_push_t.py: pushes
+aimed at the block at the data policy's speed, from the reference's reset ranges): one env step
+lands within 0.5 px and 0.01 rad of pymunk on 99-99.7 % of the steps where the pusher touches
+the block (the former 7-number state: 70 %), within 0.01 px on 98.7 %; 20-step open-loop pushes
+end within 0.001 px of pymunk in the median episode (7-number state: 0.6 px). Every miss has the block
+against a wall: there pymunk's order of solving the contacts (set by its bounding-box tree's
+history) changes the result and ours does not follow it (rigid2d's docstring). Pushing twice
+as fast (the block moves 14 px per step; 27 % of the touching steps at a wall), 94.8 % of the
+touching steps match (7-number state: 22 %), all of those away from walls.
 
 The reference's reset runs one physics step after setting the state; starts from `random_state`
 are at rest and clear of the block, where that step changes nothing, so it is not modelled.
@@ -129,8 +133,8 @@ def from_reference_obs(obs):
   if obs.shape != (REFERENCE_DIM,):
     raise ValueError(f'push_t reference observation must have shape (7,) [agent_xy, block_xy, '
                      f'angle, agent_vxy]; got {obs.shape} (vmap for batches)')
-  return jnp.concatenate([obs, _carried(rigid2d.at_rest(SCENE, _block_cog(obs[2:4], obs[4]),
-                                                       obs[4]))])
+  # At rest with no contact history: every number pymunk carries between steps is 0.
+  return jnp.concatenate([obs, jnp.zeros(STATE_DIM - REFERENCE_DIM, jnp.float32)])
 
 
 def reference_obs(state):
@@ -145,16 +149,6 @@ def _block_body(state):
                       impulses=state[IMPULSES])
 
 
-def _carried(body):
-  """f32 (STATE_DIM - 7,): the part of the state after the reference's 7 numbers."""
-  return jnp.concatenate([body.velocity, body.spin[None], body.bias_velocity,
-                          body.bias_spin[None], body.impulses])
-
-
-def _pack(agent, agent_velocity, body):
-  block = body.cog - rigid2d.rotation(body.angle) @ jnp.asarray(T_COG, jnp.float32)
-  return jnp.concatenate([agent, block, jnp.mod(body.angle, 2 * jnp.pi)[None], agent_velocity,
-                          _carried(body)])
 
 
 def step(state, action):
@@ -174,7 +168,10 @@ def step(state, action):
 
   (agent, vel, body), _ = jax.lax.scan(substep, (agent, vel, _block_body(state)), None,
                                        length=SUBSTEPS)
-  return _pack(agent, vel, body)
+  block = body.cog - rigid2d.rotation(body.angle) @ jnp.asarray(T_COG, jnp.float32)
+  return jnp.concatenate([agent, block, jnp.mod(body.angle, 2 * jnp.pi)[None], vel,
+                          body.velocity, body.spin[None], body.bias_velocity,
+                          body.bias_spin[None], body.impulses])
 
 
 def proprio(state):

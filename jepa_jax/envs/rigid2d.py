@@ -26,7 +26,7 @@ Chipmunk's step (`cpSpaceStep`), specialised to this scene (`substep`):
 The one thing not reproduced is the order in which Chipmunk visits its arbiters (set by its
 bounding-box tree's history); here it is disc-bar, disc-stem, then the deepest wall contacts.
 Gauss-Seidel's 10 rounds do not converge where the disc jams the body against a wall, so there
-the order changes the result (measured in tests/test_push_t_pymunk.py); with the disc alone,
+the order changes the result (measured in tests/test_push_t.py); with the disc alone,
 even touching both boxes, the step is pymunk's to float32 rounding.
 
 Units are those of the scene (Push-T: pixels, seconds, mass 1). Positions of the body are its
@@ -178,14 +178,6 @@ class Body(NamedTuple):
   bias_velocity: jax.Array
   bias_spin: jax.Array
   impulses: jax.Array
-
-
-def at_rest(scene, cog, angle):
-  """`Body` at `cog` (2,), `angle` () with no velocity and no contact history."""
-  zero = jnp.zeros((), jnp.float32)
-  return Body(jnp.asarray(cog, jnp.float32), jnp.asarray(angle, jnp.float32),
-              jnp.zeros(2, jnp.float32), zero, jnp.zeros(2, jnp.float32), zero,
-              jnp.zeros((scene.num_contacts,), jnp.float32))
 
 
 def substep(scene, disc_pos, disc_vel, body):

@@ -35,12 +35,13 @@ attribute pymunk ignores).
 Measured against pymunk 7.3 stepping from the same full state (tests/test_push_t.py: pushes
 aimed at the block at the data policy's speed, from the reference's reset ranges): one env step
 lands within 0.5 px and 0.01 rad of pymunk on 99-99.7 % of the steps where the pusher touches
-the block (the former 7-number state: 70 %), within 0.01 px on 98.7 %; 20-step open-loop pushes
-end within 0.001 px of pymunk in the median episode (7-number state: 0.6 px). Every miss has the block
-against a wall: there pymunk's order of solving the contacts (set by its bounding-box tree's
-history) changes the result and ours does not follow it (rigid2d's docstring). Pushing twice
-as fast (the block moves 14 px per step; 27 % of the touching steps at a wall), 94.8 % of the
-touching steps match (7-number state: 22 %), all of those away from walls.
+the block (the former 7-number state: 70 %), within 0.01 px on 98.7 %; 20-step open-loop
+pushes end within 0.001 px of pymunk in the median episode (7-number state: 0.6 px). Every miss
+has the block against a wall: there pymunk's order of solving the contacts (set by its
+bounding-box tree's history) changes the result and ours does not follow it (rigid2d's
+docstring). Pushing twice as fast (the block moves 14 px per step; 27 % of the touching steps
+at a wall), 94.8 % of the touching steps match (7-number state: 22 %), all of those away from
+walls.
 
 The reference's reset runs one physics step after setting the state; starts from `random_state`
 are at rest and clear of the block, where that step changes nothing, so it is not modelled.

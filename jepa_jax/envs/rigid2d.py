@@ -23,7 +23,7 @@ Chipmunk's step (`cpSpaceStep`), specialised to this scene (`substep`):
      `bias_coef / dt`; both accumulated impulses are clamped at >= 0. Friction is 0, so there
      is no tangential impulse. The result is the body's velocity and bias velocity, applied to
      the pose at the start of the next step.
-The one thing not reproduced is the order in which Chipmunk visits its arbiters (set by its
+Not reproduced either: the order in which Chipmunk visits its arbiters (set by its
 bounding-box tree's history); here it is disc-bar, disc-stem, then the deepest wall contacts.
 Gauss-Seidel's 10 rounds do not converge where the disc jams the body against a wall, so there
 the order changes the result (measured in tests/test_push_t.py); with the disc alone,

@@ -176,7 +176,7 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
                          "a goal_proprio, or return info['goal_proprio'] from reset")
       goal_latent = encode(params, goal_frame, goal_proprio)
       previous = jnp.zeros((config.horizon, agent.action_dim), jnp.float32)
-      frames, failed = [frame_from_observation(env, obs)], False
+      frames, failed = [frame_fn(env, obs)], False
       for j, horizon in enumerate(horizons):
         frame, proprio = observe(obs, 'current')
         plan_j, env_actions, _, plan_failed = plan(params, encode(params, frame, proprio),
@@ -186,7 +186,7 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
         failed |= bool(plan_failed)
         for action in np.asarray(env_actions)[:execute_env]:
           obs, _, _, _, info = env.step(action)
-          frames.append(frame_from_observation(env, obs))
+          frames.append(frame_fn(env, obs))
       data['success'].append(success_fn(env, obs, info) and not failed)
       data['final_distance'].append(distance_fn(env, obs, info))
       data['planner_failed'].append(failed)

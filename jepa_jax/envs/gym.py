@@ -15,8 +15,9 @@ without options the start and goal are the environment's random evaluation draw
 'goal_state' (full states), 'goal' (the goal frame, uint8 (S, S, 3)), 'goal_proprio',
 'distance' (to the goal, in `env.distance_unit`) and 'is_success' (`env.is_success`, the
 reference's test: read it after the last step). Reward is minus the distance; episodes never
-terminate early and are truncated after `episode_steps` steps (default the environment's
-evaluation length). Each step calls the jitted JAX step and render.
+terminate early; the registered ids truncate them after the environment's evaluation length
+(gymnasium's TimeLimit: `max_episode_steps`, which `gymnasium.make` accepts to change it).
+Each step calls the jitted JAX step and render.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ class JaxEnv(gymnasium.Env):
 
   metadata = {'render_modes': ['rgb_array'], 'render_fps': 10}
 
-  def __init__(self, name: str, render_size: int = 224, episode_steps: Optional[int] = None,
-               render_mode: str = 'rgb_array'):
+  def __init__(self, name: str, render_size: int = 224, render_mode: str = 'rgb_array'):
     if render_mode not in self.metadata['render_modes']:
       raise ValueError(f"render_mode={render_mode!r}: only 'rgb_array' is supported")
     if not isinstance(render_size, (int, np.integer)) or render_size < 8:
@@ -58,7 +58,6 @@ class JaxEnv(gymnasium.Env):
     self.env = envs.get(name)
     self.render_mode = render_mode
     self.render_size = int(render_size)
-    self.episode_steps = self.env.episode_steps if episode_steps is None else int(episode_steps)
     self._step, self._render, self._proprio, self._distance, self._success = _compiled(
         name, self.render_size)
     self.observation_space = spaces.Dict({
@@ -66,7 +65,6 @@ class JaxEnv(gymnasium.Env):
         'proprio': spaces.Box(-np.inf, np.inf, (self.env.proprio_dim,), np.float32)})
     self.action_space = spaces.Box(-np.inf, np.inf, (self.env.action_dim,), np.float32)
     self._state = self._goal = self._goal_frame = None
-    self._steps = 0
 
   def _full_state(self, value: Any, what: str) -> jax.Array:
     state = np.asarray(value, np.float32)
@@ -102,7 +100,6 @@ class JaxEnv(gymnasium.Env):
       key = jax.random.PRNGKey(int(self.np_random.integers(2**31)))
       self._state, self._goal = self.env.sample_start_goal(key)
     self._goal_frame = np.asarray(self._render(self._goal))
-    self._steps = 0
     return self._observation(), self._info()
 
   def step(self, action):
@@ -113,10 +110,8 @@ class JaxEnv(gymnasium.Env):
       raise ValueError(f'{self.env.name} actions have shape ({self.env.action_dim},); got '
                        f'{action.shape}')
     self._state = self._step(self._state, action)
-    self._steps += 1
     info = self._info()
-    truncated = bool(self.episode_steps) and self._steps >= self.episode_steps
-    return self._observation(), -info['distance'], False, truncated, info
+    return self._observation(), -info['distance'], False, False, info
 
   def render(self):
     if self._state is None:
@@ -133,4 +128,5 @@ def make(name: str, **kwargs) -> gymnasium.Env:
 
 for _name, _id in GYM_IDS.items():
   if _id not in gymnasium.registry:
-    gymnasium.register(id=_id, entry_point=JaxEnv, kwargs={'name': _name})
+    gymnasium.register(id=_id, entry_point=JaxEnv, kwargs={'name': _name},
+                       max_episode_steps=envs.get(_name).episode_steps)

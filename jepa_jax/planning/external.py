@@ -145,9 +145,9 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
 
   @functools.partial(jax.jit, static_argnums=5)
   def plan(params, latent, goal_latent, key, previous, horizon):
-    plan, cost, failed = mpc.plan_once(config, agent, params, latent, goal_latent, key,
-                                       previous, horizon)
-    return plan, agent.to_env_actions(plan), cost, failed
+    actions, cost, failed = mpc.plan_once(config, agent, params, latent, goal_latent, key,
+                                          previous, horizon)
+    return actions, agent.to_env_actions(actions), cost, failed
 
   random_actions = jax.jit(lambda key: agent.to_env_actions(mpc.random_policy_actions(
       config, agent, key, steps // agent.frameskip)))
@@ -158,47 +158,52 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
     if model.use_proprio and proprio is None:
       raise ValueError(f'the world model reads proprio but the {what} observation has none; '
                        'pass proprio_fn=')
-    return frame, jnp.zeros((0,), jnp.float32) if proprio is None else jnp.asarray(proprio)
+    return frame, jnp.asarray(np.zeros(0) if proprio is None else proprio, jnp.float32)
+
+  def run_episode(episode: ExternalEpisode, key: jax.Array, keep_frames: bool) -> dict:
+    """One episode with the planner, then with the random policy; the outcome of each."""
+    k_plan, k_rand = jax.random.split(key)
+    obs, info = env.reset(seed=episode.seed, options=episode.options)
+    goal_frame, goal_proprio = _goal(episode, info, image_size)
+    if model.use_proprio and not goal_proprio.size:
+      raise ValueError('the world model reads proprio but the goal has none: give the episode '
+                       "a goal_proprio, or return info['goal_proprio'] from reset")
+    goal_latent = encode(params, goal_frame, goal_proprio)
+    previous = jnp.zeros((config.horizon, agent.action_dim), jnp.float32)
+    frames, failed = [frame_fn(env, obs)] if keep_frames else [], False
+    for j, horizon in enumerate(horizons):
+      latent = encode(params, *observe(obs, 'current'))
+      actions, env_actions, _, plan_failed = plan(
+          params, latent, goal_latent, jax.random.fold_in(k_plan, j), previous, horizon)
+      previous = jnp.pad(actions, ((0, config.horizon - horizon), (0, 0)))
+      failed |= bool(plan_failed)
+      for action in np.asarray(env_actions)[:execute_env]:
+        obs, _, _, _, info = env.step(action)
+        if keep_frames:
+          frames.append(frame_fn(env, obs))
+    outcome = dict(success=success_fn(env, obs, info) and not failed,
+                   final_distance=distance_fn(env, obs, info), planner_failed=failed)
+    obs, info = env.reset(seed=episode.seed, options=episode.options)
+    for action in np.asarray(random_actions(k_rand)):
+      obs, _, _, _, info = env.step(action)
+    outcome.update(random_success=success_fn(env, obs, info),
+                   random_final_distance=distance_fn(env, obs, info))
+    if keep_frames:
+      outcome.update(frames=frames_lib.resize_frames(np.stack(frames), visualize.FRAME_SIZE),
+                     goal=frames_lib.resize_frames(goal_frame, visualize.FRAME_SIZE))
+    return outcome
 
   keys = np.asarray(evaluate.episode_keys(seed, len(episodes)))
-  data = {k: [] for k in ('success', 'final_distance', 'planner_failed', 'random_success',
-                          'random_final_distance')}
-  observed, goals = [], []
+  num_gifs = planning.num_gifs if workdir else 0
+  outcomes = []
   start_time = time.perf_counter()
   with console.Progress(len(episodes), f'planning ({env_name or _env_id(env)})',
                         unit='episode') as progress:
     for i, episode in enumerate(episodes):
-      k_plan, k_rand = jax.random.split(keys[i])
-      obs, info = env.reset(seed=episode.seed, options=episode.options)
-      goal_frame, goal_proprio = _goal(episode, info, image_size)
-      if model.use_proprio and not goal_proprio.size:
-        raise ValueError('the world model reads proprio but the goal has none: give the episode '
-                         "a goal_proprio, or return info['goal_proprio'] from reset")
-      goal_latent = encode(params, goal_frame, goal_proprio)
-      previous = jnp.zeros((config.horizon, agent.action_dim), jnp.float32)
-      frames, failed = [frame_fn(env, obs)], False
-      for j, horizon in enumerate(horizons):
-        frame, proprio = observe(obs, 'current')
-        plan_j, env_actions, _, plan_failed = plan(params, encode(params, frame, proprio),
-                                                  goal_latent, jax.random.fold_in(k_plan, j),
-                                                  previous, horizon)
-        previous = jnp.pad(plan_j, ((0, config.horizon - horizon), (0, 0)))
-        failed |= bool(plan_failed)
-        for action in np.asarray(env_actions)[:execute_env]:
-          obs, _, _, _, info = env.step(action)
-          frames.append(frame_fn(env, obs))
-      data['success'].append(success_fn(env, obs, info) and not failed)
-      data['final_distance'].append(distance_fn(env, obs, info))
-      data['planner_failed'].append(failed)
-      obs, info = env.reset(seed=episode.seed, options=episode.options)
-      for action in np.asarray(random_actions(k_rand)):
-        obs, _, _, _, info = env.step(action)
-      data['random_success'].append(success_fn(env, obs, info))
-      data['random_final_distance'].append(distance_fn(env, obs, info))
-      observed.append(frames_lib.resize_frames(np.stack(frames), visualize.FRAME_SIZE))
-      goals.append(frames_lib.resize_frames(goal_frame, visualize.FRAME_SIZE))
+      outcomes.append(run_episode(episode, keys[i], keep_frames=i < num_gifs))
       progress.update(1)
-  data = {k: np.asarray(v) for k, v in data.items()}
+  data = {k: np.asarray([o[k] for o in outcomes]) for k in (
+      'success', 'final_distance', 'planner_failed', 'random_success', 'random_final_distance')}
   results = evaluate.summarise(
       data, config, agent.frameskip, env_name=env_name or _env_id(env),
       distance_unit=distance_unit, episode_info=dict(episode_set='external',
@@ -207,9 +212,11 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
   results['episode_set'] = 'external'
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    results.update(gifs=visualize.save_observed_gifs(os.path.join(workdir, 'gifs'), observed,
-                                                     goals, planning.num_gifs),
-                   provenance=provenance.describe_run())
+    shown = outcomes[:num_gifs]
+    gifs = visualize.save_observed_gifs(os.path.join(workdir, 'gifs'),
+                                        [o['frames'] for o in shown], [o['goal'] for o in shown],
+                                        num_gifs)
+    results.update(gifs=gifs, provenance=provenance.describe_run())
     outputs.write_json(os.path.join(workdir, 'results.json'), results)
   return results
 

@@ -63,10 +63,10 @@ def test_external_loop_on_our_wall_matches_the_jitted_evaluation(tmp_path):
   agent = agent_lib.world_model_agent(model, params, planning.objective(), wall, image_size=32)
   jitted = evaluate.evaluate(wall, agent, planning, seed=0, measure_latency=False,
                              return_episodes=True)
-  starts, goals, _ = episodes_lib.episode_starts_goals(wall, 'reference', 4)
   env = jax_gym.make('wall', render_size=65)   # frames resized to 32 px by the loop
-  episodes = [external.ExternalEpisode(options={'start': s, 'goal': g})
-              for s, g in zip(np.asarray(starts), np.asarray(goals))]
+  episodes = jax_gym.evaluation_episodes('wall', 'reference', 4)
+  starts, _, _ = episodes_lib.episode_starts_goals(wall, 'reference', 4)
+  np.testing.assert_array_equal(episodes[3].options['start'], starts[3])
   results = external.run_external((model, params), env, episodes, planning, image_size=32,
                                   seed=0, workdir=str(tmp_path), distance_unit='px')
   data = jitted['episode_data']

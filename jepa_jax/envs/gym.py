@@ -119,6 +119,18 @@ class JaxEnv(gymnasium.Env):
     return np.array(self._render(self._state))
 
 
+def evaluation_episodes(name: str, episode_set: str = 'reference', num_episodes: int = 96,
+                        seed: int = 0) -> list:
+  """The built-in evaluation's episodes of environment `name` (`planning.episodes`: the
+  reference's seeded draw or the random set) as `planning.external.ExternalEpisode`s whose reset
+  options start this wrapper from them; the goals come from the reset's info."""
+  from jepa_jax.planning import episodes, external  # pylint: disable=g-import-not-at-top
+  starts, goals, _ = episodes.episode_starts_goals(envs.get(name), episode_set, num_episodes,
+                                                   seed)
+  return [external.ExternalEpisode(options={'start': start, 'goal': goal})
+          for start, goal in zip(np.asarray(starts), np.asarray(goals))]
+
+
 def make(name: str, **kwargs) -> gymnasium.Env:
   """`gymnasium.make` of our environment `name` (one of `GYM_IDS`); kwargs go to `JaxEnv`."""
   if name not in GYM_IDS:

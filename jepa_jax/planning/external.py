@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ from jepa_jax import console, outputs, provenance
 from jepa_jax.data.importers import frames as frames_lib
 from jepa_jax.planning import agent as agent_lib
 from jepa_jax.planning import evaluate, mpc, visualize
-from jepa_jax.planning.config import PlanningConfig
+from jepa_jax.planning.config import PlanningConfig, as_planning_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _resolve_steps(planning: PlanningConfig, env, episode_steps: Optional[int]) 
 
 
 def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
-                 planning: PlanningConfig, *, image_size: int, seed: int = 0,
+                 planning: Any, *, image_size: int, seed: int = 0,
                  episode_steps: Optional[int] = None, workdir: Optional[str] = None,
                  frame_fn: Callable = frame_from_observation,
                  proprio_fn: Callable = proprio_from_observation,
@@ -115,7 +115,8 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
       exported world model.
     env: a `gymnasium.Env` whose actions are the world model's env actions.
     episodes: how each episode starts and what its goal is.
-    planning: the planner and protocol (horizon, num_execute, warm_start, ...).
+    planning: the planner and protocol (horizon, num_execute, warm_start, ...): a
+      PlanningConfig or a config's `planning` section (ConfigDict or dict).
     image_size: frame size of the world model's training data.
     seed: planner keys (`evaluate.episode_keys(seed, E)`).
     episode_steps: env steps per episode (default planning.episode_steps, else the env spec's
@@ -130,6 +131,7 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
     from jepa_jax.world_model import model as world_model_lib  # pylint: disable=g-import-not-at-top
     world_model = world_model_lib.load_world_model(os.fspath(world_model))
   model, params = world_model
+  planning = as_planning_config(planning)
   if not episodes:
     raise ValueError('no episodes to run')
   agent = agent_lib.world_model_agent(model, params, planning.objective(), _Proprio,

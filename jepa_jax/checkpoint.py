@@ -9,6 +9,12 @@ truncated file) is skipped on restore with a one-line warning: the newest intact
 and the damaged ones are moved to `<directory>/corrupt_steps/`. A checkpoint whose tree or shapes
 do not fit the model being resumed (a changed depth or width) is refused in one line.
 
+A full disk is one line too (`DiskFullError`, an OSError): before a checkpoint step or an export
+is written, the free space is checked against its size (the arrays' bytes, before compression),
+and a write that still fails for want of space (ENOSPC inside Orbax/TensorStore) is reported the
+same way: the path, MB free and needed, and the step a rerun of the same command resumes from.
+The half-written step or export is removed; the finished ones stay.
+
 Exported models (`save_model` / `load_model`) bridge the stages: a directory with the `params`
 pytree and a JSON `metadata` item `{'kind', 'config', 'extra'}`, so a later stage rebuilds the
 module from the checkpoint alone. Each export records its files' sizes (`file_sizes.json`), so
@@ -19,13 +25,16 @@ never overwrite a folder that is not an export.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from absl import logging
@@ -47,6 +56,128 @@ _MAX_LISTED_LEAVES = 3
 
 class IncompatibleCheckpointError(ValueError):
   """The checkpoint's tree or array shapes differ from the model's (e.g. a changed depth)."""
+
+
+class DiskFullError(OSError):
+  """No room for a checkpoint step or an export (an OSError: the binaries print it in one line)."""
+
+
+@dataclasses.dataclass
+class RunProgress:
+  """The training stage this process runs, for the messages that say where a rerun resumes (a
+  full disk, a stopped peer process). `training.run_train_loop` keeps it up to date.
+
+  stage: the stage's name ('pretrain'); step: the last step this process started;
+  directory: the stage's checkpoint folder.
+  """
+  stage: str | None = None
+  step: int | None = None
+  directory: str | None = None
+
+
+progress = RunProgress()
+
+
+def finished_steps(directory: str | os.PathLike) -> list[int]:
+  """Steps whose checkpoint is complete on disk in `directory`, ascending (orbax writes a step
+  into `<step>.orbax-checkpoint-tmp...` and renames it to `<step>` once complete)."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return []
+  return sorted(int(name) for name in names
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def rerun_hint(directory: str | os.PathLike | None = None) -> str:
+  """'rerun the same command to resume from step S': S is the newest finished step in
+  `directory` (default: the running stage's checkpoint folder, `progress.directory`)."""
+  directory = directory or progress.directory
+  steps = finished_steps(directory) if directory else []
+  if steps:
+    return f'rerun the same command to resume from step {steps[-1]}'
+  if progress.stage:
+    return f'rerun the same command ({progress.stage} starts again from step 0)'
+  return 'rerun the same command'
+
+
+def tree_nbytes(tree: Any) -> int:
+  """Bytes of the arrays of `tree` (global shapes; arrays, numpy scalars, ShapeDtypeStructs)."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
+      total += int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def _free_bytes(path: str) -> int | None:
+  """Free bytes of the filesystem that holds `path` (its nearest existing parent), or None
+  where it cannot be asked (a remote path such as gs://)."""
+  if '://' in path:
+    return None
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      return None
+    path = parent
+  return shutil.disk_usage(path).free
+
+
+def _free_inodes(path: str) -> int | None:
+  """Free file entries (inodes) of the filesystem holding `path`; None where it has no limit."""
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  stats = os.statvfs(path)
+  return stats.f_favail if stats.f_files else None
+
+
+def _disk_full_error(path: str, need_bytes: int, resume_from: str | None,
+                     out_of_inodes: bool = False) -> DiskFullError:
+  """The one-line error. `out_of_inodes`: the filesystem had no free file entries when the write
+  failed (ENOSPC with bytes to spare)."""
+  free = _free_bytes(path)
+  have = 'free space unknown' if free is None else f'{free / 1e6:.1f} MB free'
+  if out_of_inodes:
+    have += ' but no free inodes (file entries)'
+  error = DiskFullError(f'no space left on device while writing {path}: {have}, need about '
+                        f'{need_bytes / 1e6:.1f} MB; free space and {rerun_hint(resume_from)}')
+  error.errno = errno.ENOSPC
+  return error
+
+
+def check_free_space(path: str | os.PathLike, need_bytes: int,
+                     resume_from: str | os.PathLike | None = None) -> None:
+  """Raises DiskFullError (one line) when the filesystem of `path` has fewer than `need_bytes`
+  free. `resume_from`: the checkpoint folder whose newest step a rerun resumes from."""
+  path = os.fspath(path)
+  free = _free_bytes(path)
+  if free is not None and free < need_bytes:
+    raise _disk_full_error(path, need_bytes, resume_from and os.fspath(resume_from))
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """True when `error` (or an exception it was raised from) is ENOSPC: an OSError, or the
+  message TensorStore gives it inside orbax's errors."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    text = str(error)
+    if 'No space left on device' in text or "os_error_code='28'" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _remove_partial_writes(directory: str, name: str = '') -> None:
+  """Removes orbax's temporary folders (`<name>...orbax-checkpoint-tmp...`) in `directory` on
+  process 0: a write that failed leaves one, holding the space it took."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for entry in os.listdir(directory):
+    if entry.startswith(name) and '.orbax-checkpoint-tmp' in entry:
+      shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
 
 
 def _to_json(value: Any) -> Any:
@@ -97,12 +228,15 @@ class TrainCheckpointer:
     if save_interval_steps < 1:
       raise ValueError(f'save_interval_steps must be >= 1, got {save_interval_steps}')
     self.directory = os.path.abspath(os.fspath(directory))
+    self.save_interval_steps = int(save_interval_steps)
     self._config = None if config is None else _to_json(config)
     policies = ocp.checkpoint_managers
     # Multiples of the interval, plus orbax's preemption save (multi-host jobs); unlike orbax's
     # default, no extra save at the first step a manager sees (every resume would add one).
+    # cleanup_tmp_directories: a step whose write was interrupted (killed job, full disk) is
+    # removed when the next run opens the folder.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True,
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
         save_decision_policy=policies.AnySavePolicy([
             policies.FixedIntervalPolicy(save_interval_steps),
             policies.PreemptionCheckpointingPolicy()]))
@@ -113,6 +247,7 @@ class TrainCheckpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data_iter': grain_checkpoint.CheckpointHandler(),
                        'config': ocp.JsonCheckpointHandler()})
+    self._writing = None  # (step, bytes) of the last save issued, for a disk-full message
 
   def latest_step(self) -> int | None:
     """Newest step: saved (or being saved) by this manager, or finished on disk; else None."""
@@ -127,13 +262,57 @@ class TrainCheckpointer:
 
     Asynchronous: arrays are copied off the device, then written in the background; call
     `wait()` before reading the files.
+
+    Raises:
+      DiskFullError: the disk has no room for the step (`check_room`), or this write or the
+        previous one ran out of space (the half-written step is removed).
     """
+    step = int(step)
+    if not (force or self.should_save(step)):
+      return False
     items = {'state': ocp.args.StandardSave(state)}
     if data_iter is not None:
       items['data_iter'] = grain_checkpoint.CheckpointSave(data_iter)
     if self._config is not None:
       items['config'] = ocp.args.JsonSave(self._config)
-    return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+    with self._reporting_disk_full():
+      self._manager.wait_until_finished()  # the previous write's space is taken before checking
+      self.check_room(step, state)
+      # A write that fails anyway is reported with the arrays' bytes (the most it can need).
+      self._writing = (step, tree_nbytes(state))
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def check_room(self, step: int, state: Any) -> None:
+    """Raises DiskFullError (one line) when the disk has no room for step `step` of `state`
+    (the size of the newest finished step, or `state`'s bytes before the first)."""
+    check_free_space(os.path.join(self.directory, str(int(step))), self._step_bytes(state),
+                     self.directory)
+
+  def _step_bytes(self, state: Any) -> int:
+    """The room a new step takes: the newest finished step's files (orbax compresses: a smoke
+    stage-1 step holds 21 MB on disk for 27 MB of arrays), or the arrays' bytes before the
+    first one."""
+    steps = finished_steps(self.directory)
+    if steps:
+      return sum(_file_sizes(os.path.join(self.directory, str(steps[-1]))).values())
+    return tree_nbytes(state)
+
+  @contextlib.contextmanager
+  def _reporting_disk_full(self) -> Iterator[None]:
+    """Turns an orbax/TensorStore ENOSPC of the step being written into one DiskFullError."""
+    try:
+      yield
+    except DiskFullError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # orbax re-raises many types
+      if not is_disk_full(e) or self._writing is None:
+        raise
+      step, need = self._writing
+      self._writing = None  # reported once
+      out_of_inodes = _free_inodes(self.directory) == 0  # before the partial step is removed
+      _remove_partial_writes(self.directory)
+      raise _disk_full_error(os.path.join(self.directory, str(step)), need, self.directory,
+                             out_of_inodes) from None
 
   def restore_or_none(self, abstract_state: Any, data_iter: Any = None) -> Any | None:
     """Restores the newest intact step into the layout of `abstract_state`, or returns None.
@@ -214,11 +393,14 @@ class TrainCheckpointer:
     return None
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk (DiskFullError if one ran out of
+    space)."""
+    with self._reporting_disk_full():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    with self._reporting_disk_full():
+      self._manager.close()
 
 
 def _leaf_name(path: tuple) -> str:
@@ -381,6 +563,8 @@ def save_model(path: str | os.PathLike, *, kind: str, config: Mapping[str, Any],
   Raises:
     ValueError: `path` is a file or a non-empty folder that is not an export (never deleted),
       or `params` hold NaN/Inf (a diverged model is never exported).
+    DiskFullError: less room than the params' bytes, or the write ran out of space (the
+      previous export, if any, is kept).
   """
   path = os.path.abspath(os.fspath(path))
   if os.path.exists(path) and not is_export(path) and (
@@ -396,11 +580,23 @@ def save_model(path: str | os.PathLike, *, kind: str, config: Mapping[str, Any],
   if jax.process_index() == 0 and os.path.exists(staging):
     shutil.rmtree(staging)  # left by an interrupted export
   _sync('jepa_jax_save_model_clean')
-  with ocp.Checkpointer(_model_handler()) as checkpointer:
-    checkpointer.save(staging, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)))
+  need = tree_nbytes(params)
+  check_free_space(path, need)
+  try:
+    with ocp.Checkpointer(_model_handler()) as checkpointer:
+      checkpointer.save(staging, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)))
+    if jax.process_index() == 0:
+      outputs.write_json(os.path.join(staging, EXPORT_SIZES_FILENAME), _file_sizes(staging))
+  except Exception as e:  # pylint: disable=broad-except  # orbax re-raises many types
+    if not is_disk_full(e):
+      raise
+    out_of_inodes = _free_inodes(path) == 0  # before the partial export is removed
+    if jax.process_index() == 0:
+      shutil.rmtree(staging, ignore_errors=True)
+    _remove_partial_writes(os.path.dirname(staging), os.path.basename(staging))
+    raise _disk_full_error(path, need, None, out_of_inodes) from None
   if jax.process_index() == 0:
-    outputs.write_json(os.path.join(staging, EXPORT_SIZES_FILENAME), _file_sizes(staging))
     marker = os.path.join(path, outputs.MARKER_FILENAME)
     if os.path.isfile(marker):  # a folder marked by outputs.prepare_output_dir stays marked
       shutil.copy2(marker, os.path.join(staging, outputs.MARKER_FILENAME))

@@ -27,9 +27,11 @@ import numpy as np
 
 MARKER_FILENAME = '.jepa_jax_output'
 LOCK_FILENAME = '.lock'
-# Probe files may exist for an instant while several processes prepare the same folder; they
-# never make a folder look foreign.
+# Probe files, and the marker while process 0 writes it (write_json's temporary file), may exist
+# for an instant while several processes prepare the same folder; they never make a folder look
+# foreign.
 _PROBE_PREFIX = '.jepa_jax_probe.'
+_TRANSIENT_PREFIXES = (_PROBE_PREFIX, f'.{MARKER_FILENAME}.')
 
 
 def is_main_process() -> bool:
@@ -141,7 +143,7 @@ def prepare_output_dir(path: str | os.PathLike, *, kind: str,
     raise ValueError(f'output {path} is a file, not a folder; pass a folder path (a new or empty '
                      'one)')
   if os.path.isdir(real):
-    entries = [e for e in os.listdir(real) if not e.startswith(_PROBE_PREFIX)]
+    entries = [e for e in os.listdir(real) if not e.startswith(_TRANSIENT_PREFIXES)]
     if entries:
       found = _marker_kind(real)
       if found is None:

@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 
 from jepa_jax import config_diff, console, sharding
 from jepa_jax.checkpoint import TrainCheckpointer, abstract_like
+from jepa_jax.checkpoint import progress as run_progress
 
 SCHEDULES = ('constant', 'warmup_cosine')
 
@@ -196,10 +197,9 @@ class PreemptionWatch:
 
 @dataclasses.dataclass
 class LoopInfo:
-  """What a run of `run_train_loop` measured: the first step it ran from, the step it stopped
-  at, why (`'done'`, `'preempted'`, `'data_exhausted'`), wall seconds, and steps/s after the
-  first log interval (which includes compilation; None with fewer than two log lines)."""
-  start_step: int = 0
+  """What a run of `run_train_loop` measured: the step it stopped at, why (`'done'`,
+  `'preempted'`, `'data_exhausted'`), wall seconds, and steps/s after the first log interval
+  (which includes compilation; None with fewer than two log lines)."""
   step: int = 0
   stopped: str = 'done'
   seconds: float = 0.0
@@ -210,7 +210,6 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
                    state: Any, data_iter: Iterator, checkpointer: TrainCheckpointer | None,
                    num_steps: int, log_every: int, workdir: str | os.PathLike,
                    shard_fn: Callable[[Any], Any] = lambda batch: batch,
-                   on_log: Callable[[int, dict], None] | None = None,
                    eval_fn: Callable[[Any, int], Mapping[str, Any]] | None = None,
                    eval_every: int | None = None, stage_name: str = 'training',
                    info: LoopInfo | None = None) -> tuple[Any, dict]:
@@ -227,13 +226,15 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
     log_every: progress line + TensorBoard scalars every this many steps.
     workdir: TensorBoard event files go here.
     shard_fn: host batch -> device batch (e.g. `functools.partial(shard_batch, mesh=mesh)`).
-    on_log: called as `on_log(step, metrics)` with host floats at every log step.
     eval_fn: `(state, step) -> scalars`, run every `eval_every` steps and at the end; logged
       under `eval/`.
     stage_name: names the stage in the non-finite error (e.g. 'world_model').
-    info: a `LoopInfo` filled in place (start step, stop reason, seconds, steps/s).
+    info: a `LoopInfo` filled in place (stop step and reason, seconds, steps/s).
 
   Checkpoint step numbers count completed steps: checkpoint k holds the state after k steps.
+  `checkpoint.progress` follows the loop (stage, step, checkpoint folder), so a full disk or a
+  stopped peer process is reported with the step a rerun resumes from; a disk without room for
+  the next checkpoint step stops the run before its first step.
   Metrics are checked at every log step and before every save: the first non-finite one raises
   NonFiniteError naming the step range, and that state is never saved.
 
@@ -254,7 +255,11 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
     if restored is not None:
       state, start = restored, checkpointer.latest_step()
       logging.info('resumed from %s at step %d', checkpointer.directory, start)
-  info.start_step = start
+  run_progress.stage, run_progress.step = stage_name, start
+  run_progress.directory = None if checkpointer is None else checkpointer.directory
+  if checkpointer is not None and start < num_steps:  # a full disk stops before any step runs
+    every = checkpointer.save_interval_steps
+    checkpointer.check_room(min(num_steps, (start // every + 1) * every), state)
   writer = MetricsWriter(workdir)
   watch = PreemptionWatch()
   progress = console.Progress(num_steps, stage_name, initial=start)
@@ -286,6 +291,7 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
         break
       state, step_metrics = train_step(state, shard_fn(batch))
       step += 1
+      run_progress.step = step
       progress.update()
       preempted = watch.reached(step)
       saving = checkpointer is not None and (preempted or checkpointer.should_save(step))
@@ -302,8 +308,6 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
         writer.write_scalars(step, {**metrics, 'steps_per_sec': steps_per_sec})
         progress.set_postfix(**{k: f'{v:.4g}' for k, v in metrics.items()
                                 if k in ('loss', 'grad_norm')})
-        if on_log is not None:
-          on_log(step, metrics)
       if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
         eval_metrics = {f'eval/{k}': float(v) for k, v in eval_fn(state, step).items()}
         if jax.process_index() == 0:
@@ -353,7 +357,7 @@ class Stage:
   model_inputs: host batch -> the arrays the step reads (the rest never goes to the device).
   settings: the top-level config sections whose values a checkpoint must share to be resumed
     (besides the stage's own section; its num_steps and logging/saving intervals may change).
-  eval_fn, eval_every, on_log: see `run_train_loop`; on_init: called as
+  eval_fn, eval_every: see `run_train_loop`; on_init: called as
     `on_init(state, mesh, frozen)` with the initial state (before the first, donating step: e.g.
     to copy the random initialisation), the mesh and the placed frozen inputs (for eval_fn).
   """
@@ -371,7 +375,6 @@ class Stage:
   settings: tuple = ('env', 'seed', 'data')
   eval_fn: Callable[[Any, int], Mapping[str, Any]] | None = None
   eval_every: int | None = None
-  on_log: Callable[[int, dict], None] | None = None
   on_init: Callable[[Any, jax.sharding.Mesh, tuple], None] | None = None
 
 
@@ -487,7 +490,7 @@ def run_stage(stage: Stage, config: Any, workdir: str) -> StageResult:
         train_step=lambda s, b: step(s, *frozen, b), state=state, data_iter=loader,
         checkpointer=checkpointer, num_steps=stage.num_steps, log_every=stage.log_every,
         workdir=workdir, shard_fn=lambda b: sharding.shard_batch(stage.model_inputs(b), mesh),
-        on_log=stage.on_log, eval_fn=stage.eval_fn,
+        eval_fn=stage.eval_fn,
         eval_every=(stage.eval_every or stage.num_steps) if stage.eval_fn else None,
         stage_name=stage.name, info=info)
   finally:

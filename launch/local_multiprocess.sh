@@ -9,7 +9,9 @@
 #
 # Each process sees DEVICES_PER_PROCESS fake CPU devices; jepa_jax.distributed.maybe_initialize()
 # reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. Output lines are prefixed
-# with the process id; the exit status is non-zero if any process fails.
+# with the process id; the exit status is non-zero if any process fails. If a process dies, the
+# others stop after JEPA_JAX_PEER_TIMEOUT_S seconds (default 60) and process 0 says, in one line,
+# which one stopped and the step the same command resumes from (jepa_jax/distributed.py).
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
@@ -32,7 +34,8 @@ for ((i = 0; i < num_processes; i++)); do
     export JAX_COORDINATOR_ADDRESS="localhost:${port}"
     export JAX_NUM_PROCESSES="${num_processes}"
     export JAX_PROCESS_ID="${i}"
-    "$@" 2>&1 | sed -u "s/^/[process ${i}] /"
+    # Gloo prints a line each time it connects a group of devices; nothing to act on.
+    "$@" 2>&1 | sed -u -e '/^\[Gloo\] Rank [0-9]* is connected to/d' -e "s/^/[process ${i}] /"
     exit "${PIPESTATUS[0]}"
   ) &
   pids+=($!)

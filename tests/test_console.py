@@ -2,8 +2,12 @@
 
 import io
 import logging as std_logging
+import _thread
 import os
 import re
+import sys
+import threading
+import time
 
 from absl import logging
 import jax.numpy as jnp
@@ -14,14 +18,17 @@ from jepa_jax import checkpoint, console, outputs
 
 @pytest.fixture
 def clean_console():
-  """Undoes `console.setup`: absl verbosity, the handler filter, the stored verbosity."""
+  """Undoes `console.setup`: absl verbosity, the handler filter, the stored verbosity, sys.stderr
+  and the thread exception hook."""
   handler = logging.get_absl_handler()
   old_verbosity = logging.get_verbosity()
+  old_stderr, old_excepthook = sys.stderr, threading.excepthook
   yield
   for f in [f for f in handler.filters if isinstance(f, console._LibraryLogFilter)]:
     handler.removeFilter(f)
   logging.set_verbosity(old_verbosity)
   console._verbosity = 0
+  sys.stderr, threading.excepthook = old_stderr, old_excepthook
 
 
 @pytest.fixture
@@ -58,6 +65,15 @@ def test_filter_levels(verbosity, own_info, library_info, library_warning, noise
   assert keep(_record(std_logging.ERROR, library))
   tfds_noise = _record(std_logging.WARNING, library, 'Using custom data configuration: x')
   assert keep(tfds_noise) == noise
+  # A record with a traceback: a library's needs verbosity 1 (orbax's background threads log
+  # every failure they pass on with one), ours always shows.
+  traceback = (ValueError, ValueError('x'), None)
+  library_error = _record(std_logging.ERROR, library)
+  library_error.exc_info = traceback
+  assert keep(library_error) == (verbosity >= 1)
+  own_error = _record(std_logging.ERROR, own)
+  own_error.exc_info = traceback
+  assert keep(own_error)
 
 
 def test_orbax_save_is_silent_by_default_and_loud_at_verbosity_2(tmp_path, absl_lines):
@@ -134,3 +150,44 @@ def test_library_prints_are_swallowed_below_verbosity_2(capsys, clean_console):
   with console.library_prints():
     print('Dataset x downloaded and prepared')
   assert capsys.readouterr().out == 'Dataset x downloaded and prepared\n'
+
+
+def _run_and_join(target, start):
+  done = threading.Event()
+
+  def body():
+    try:
+      target()
+    finally:
+      done.set()
+  start(body)
+  assert done.wait(10)
+  time.sleep(0.05)  # the exception hook runs after the body
+
+
+def test_library_and_thread_tracebacks_need_verbosity_1(capsys, absl_lines):
+  """A thread that Python did not start (as TensorStore's C++ threads) writing to stderr, and a
+  Python thread dying of an exception: one warning line at verbosity 0, everything at 1."""
+  def foreign_print():
+    print('Traceback (most recent call last):\nRuntimeError: Event loop is closed',
+          file=sys.stderr)
+
+  def boom():
+    raise ValueError('boom\nsecond line')
+
+  console.setup(0)
+  _run_and_join(foreign_print, lambda body: _thread.start_new_thread(body, ()))
+  _run_and_join(boom, lambda body: threading.Thread(target=body, name='loader').start())
+  print('from the main thread', file=sys.stderr)
+  quiet = capsys.readouterr().err.splitlines()
+  assert quiet[-1] == 'from the main thread' and 'Event loop is closed' not in '\n'.join(quiet)
+  warnings = [l for l in quiet if re.match(r'W\d{4} ', l)]
+  assert len(warnings) == 1 and len(quiet) == 2, quiet
+  assert warnings[0].endswith('thread loader stopped: ValueError: boom (--verbosity=1 shows the '
+                              'traceback)')
+  console.setup(1)
+  _run_and_join(foreign_print, lambda body: _thread.start_new_thread(body, ()))
+  _run_and_join(boom, lambda body: threading.Thread(target=body, name='loader').start())
+  loud = capsys.readouterr().err
+  assert 'RuntimeError: Event loop is closed' in loud
+  assert 'Exception in thread loader' in loud and 'ValueError: boom' in loud

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 
 from absl import logging
 import jax.numpy as jnp
@@ -55,6 +56,17 @@ def test_prepare_creates_marks_and_accepts_a_rerun(tmp_path):
   empty.mkdir()
   outputs.prepare_output_dir(empty, kind='plan')
   assert os.listdir(empty) == [outputs.MARKER_FILENAME]  # probe file removed
+
+
+def test_the_marker_being_written_is_not_a_foreign_file(tmp_path):
+  """The processes of a multi-process job prepare the same new workdir at once: process 1 may
+  list it while process 0 writes the marker (write_json's temporary file beside it)."""
+  path = tmp_path / 'stage'
+  path.mkdir()
+  fd, _ = tempfile.mkstemp(prefix=f'.{outputs.MARKER_FILENAME}.', suffix='.tmp', dir=path)
+  os.close(fd)  # what write_json holds open until it renames it to the marker
+  assert outputs.prepare_output_dir(path, kind='pretrain') == str(path)
+  assert json.loads((path / outputs.MARKER_FILENAME).read_text()) == {'kind': 'pretrain'}
 
 
 def test_prepare_refuses_foreign_and_other_kind_folders(tmp_path):

@@ -156,23 +156,22 @@ def _assert_same_state(a, b):
 def straight_run(tmp_path_factory):
   """An uninterrupted 7-step run with logging and evaluation; the reference for resumes."""
   workdir = tmp_path_factory.mktemp('straight')
-  logged, evaluated = [], []
-  state, metrics = _run(workdir, 7, on_log=lambda s, m: logged.append((s, m)),
+  evaluated = []
+  state, metrics = _run(workdir, 7,
                         eval_fn=lambda st, s: evaluated.append(s) or {'w0': st['params']['w'][0]},
                         eval_every=3)
-  return dict(workdir=workdir, state=state, metrics=metrics, logged=logged, evaluated=evaluated)
+  return dict(workdir=workdir, state=state, metrics=metrics, evaluated=evaluated)
 
 
 def test_loop_logs_evaluates_and_saves(straight_run):
-  state, metrics, logged = straight_run['state'], straight_run['metrics'], straight_run['logged']
-  assert [s for s, _ in logged] == [2, 4, 6, 7]  # every log_every steps and the last step
-  assert metrics == logged[-1][1] and set(metrics) == {'loss'}
+  state, metrics = straight_run['state'], straight_run['metrics']
   assert straight_run['evaluated'] == [3, 6, 7]
   assert int(state['step']) == 7
   ckpt_dir = straight_run['workdir'] / 'checkpoints'
   assert TrainCheckpointer(ckpt_dir, save_interval_steps=3).latest_step() == 7
   scalars = _read_scalars(straight_run['workdir'])
-  assert [s for s, _ in scalars['loss']] == [2, 4, 6, 7]
+  assert [s for s, _ in scalars['loss']] == [2, 4, 6, 7]  # every log_every steps and the last
+  assert set(metrics) == {'loss'} and metrics['loss'] == np.float32(scalars['loss'][-1][1])
   assert [s for s, _ in scalars['eval/w0']] == [3, 6, 7]
   assert 'steps_per_sec' in scalars
   # Params really moved towards the regression solution (from zeros).

@@ -33,8 +33,9 @@ def main(argv):
   workdir = outputs.prepare_output_dir(FLAGS.workdir, kind='pretrain')
   with outputs.WorkdirLock(workdir):
     summary = train.train(FLAGS.config, workdir, FLAGS.data_dir or layout.sibling(workdir, 'data'))
-  console.result('stage 1', f"probe error {summary['probe_error_px']:.3g} (random init "
-                 f"{summary['probe_error_px_random_encoder']:.3g}); encoder {summary['encoder_path']}")
+  console.result('stage 1', f"probe error {summary['probe_error']:.3g} "
+                 f"{summary['distance_unit']} (random init "
+                 f"{summary['probe_error_random_encoder']:.3g}); encoder {summary['encoder_path']}")
 
 
 if __name__ == '__main__':

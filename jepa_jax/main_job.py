@@ -401,7 +401,8 @@ def format_summary(summary: dict) -> str:
   encoder = summary['encoder']
   unit = summary['distance_unit']
   rows = [
-      *((f'encoder: {k}', f'{encoder[k]:.3g}   (random init {encoder[k + "_random_encoder"]:.3g})')
+      *((f'encoder: {k}' + (f' ({unit})' if 'probe_error' in k else ''),
+         f'{encoder[k]:.3g}   (random init {encoder[k + "_random_encoder"]:.3g})')
         for k in sorted(encoder) if k + '_random_encoder' in encoder),
       ('rollout latent error', f"{summary['rollout_error']:.4g}"
        f"   (constant latent {summary['rollout_error_constant_baseline']:.4g})"),

@@ -23,7 +23,7 @@ def test_supervised_training_reads_the_dot_better_than_the_random_init():
                                       num_steps=200, batch_size=64, lr=1e-3,
                                       geometry_frames=400)
   # Wall's dot spans a 65 px grid: the mean predictor misses by about 20 px.
-  assert out['probe_error_px_mean_pool'] < 0.5 * out['probe_error_px_mean_pool_random_encoder']
+  assert out['probe_error_mean_pool'] < 0.5 * out['probe_error_mean_pool_random_encoder']
   assert out['final_loss'] < 0.2  # standardised targets: 1.0 is the mean predictor's loss
   assert out['train_seconds'] > 0
   fresh = wall_encoder().init(jax.random.PRNGKey(0), jnp.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE, 3)))

@@ -75,9 +75,9 @@ def test_measures_separate_a_perfect_from_an_uninformative_encoder(tmp_path):
       resolution=8)
   assert out['latent_distance_spearman'] > 0.95
   assert out['landscape_spearman'] > 0.95
-  assert out['probe_error_px_mean_pool'] < 2.0
+  assert out['probe_error_mean_pool'] < 2.0
   assert abs(out['latent_distance_spearman_random_encoder']) < 0.1
-  assert out['probe_error_px_mean_pool_random_encoder'] > 8.0
+  assert out['probe_error_mean_pool_random_encoder'] > 8.0
   assert out['effective_rank'] <= 2.0 + 1e-9
   assert 3.0 < out['effective_rank_random_encoder'] <= 4.0 + 1e-9
   with open(path, 'rb') as f:

@@ -137,7 +137,7 @@ def test_short_run_exports_a_world_model_that_loads(tmp_path):
     written = json.load(f)
   for key in ('geometry_latent_distance_spearman',
               'geometry_latent_distance_spearman_random_encoder',
-              'geometry_probe_error_px_mean_pool', 'geometry_effective_rank',
+              'geometry_probe_error_mean_pool', 'geometry_effective_rank',
               'rollout_error_normalised', 'ratio_to_constant'):
     assert key in written
   assert os.path.exists(tmp_path / 'lewm' / 'cost_landscape.png')

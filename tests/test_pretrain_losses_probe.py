@@ -51,10 +51,10 @@ def test_position_probe_separates_informative_from_noise_features():
   noise = rng.normal(size=(500, 20))
   good = probe.fit_position_probe(informative[:400], pos[:400], informative[400:], pos[400:])
   bad = probe.fit_position_probe(noise[:400], pos[:400], noise[400:], pos[400:])
-  assert good['error_px'] < 0.1
+  assert good['error'] < 0.1
   # Uninformative features: the best a probe can do is about the mean distance to the centre.
   baseline = np.linalg.norm(pos[400:] - pos[:400].mean(0), axis=1).mean()
-  assert bad['error_px'] > 0.9 * baseline
+  assert bad['error'] > 0.9 * baseline
 
 
 def test_frame_features_pads_to_one_shape_and_pools():
@@ -88,4 +88,4 @@ def test_position_probe_random_projection_keeps_linear_information():
   features = pos @ rng.normal(size=(2, 400)) + 0.01 * rng.normal(size=(300, 400))
   result = probe.fit_position_probe(features[:200], pos[:200], features[200:], pos[200:],
                                     max_features=64)
-  assert result['error_px'] < 0.5
+  assert result['error'] < 0.5

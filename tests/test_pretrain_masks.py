@@ -92,3 +92,22 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match='lower the counts'):
     masks.sample_group_indices(masks.DEFAULT_MASK_GROUPS[1], (2, 4, 4), 30, 1,
                                np.random.default_rng(0), max_draws=5)
+
+
+@pytest.mark.parametrize('grid,context_frames', [((4, 8, 8), 1), ((4, 8, 8), 2), ((4, 1, 1), 1)])
+def test_predictive_group_context_is_the_first_frames_and_targets_come_later(grid, context_frames):
+  spec = masks.MaskGroupSpec(num_blocks=2, spatial_scale=0.7, context_frames=context_frames)
+  num_context, num_target = masks.mask_token_counts(spec, grid)
+  per_frame = grid[1] * grid[2]
+  assert num_context == context_frames * per_frame  # every token of the context frames
+  rng = np.random.default_rng(2)
+  for _ in range(20):
+    context, target = masks.sample_group_indices(spec, grid, num_context, num_target, rng)
+    np.testing.assert_array_equal(context, np.arange(context_frames * per_frame))
+    assert target.min() >= context_frames * per_frame and target.max() < np.prod(grid)
+
+
+def test_predictive_group_without_frames_to_predict_is_one_line():
+  spec = masks.MaskGroupSpec(num_blocks=1, spatial_scale=0.5, context_frames=2)
+  with pytest.raises(ValueError, match='context_frames=2 leaves no tubelet to predict'):
+    masks.mask_token_counts(spec, (2, 4, 4))

@@ -11,9 +11,12 @@ from experiments.configs import base
 
 
 def get_config(variant='tiny'):
-  return base.apply_variant(
+  config = base.apply_variant(
       base.get_config('wall', variant),
       smoke_data=dict(num_train_trajectories=64, num_validation_trajectories=16,
                       trajectory_length=40),
       tiny_data=dict(num_train_trajectories=500, num_validation_trajectories=50,
                      trajectory_length=60))
+  if variant in ('smoke', 'tiny'):
+    config.world_model.proprio_emb_dim = 0  # pixels only, like the LeWM default
+  return config

@@ -296,6 +296,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
                       if jax.process_index() == 0 else None))
   summary = {
       'objective': 'lewm',
+      'distance_unit': env.distance_unit,
       **validate.summary_entries(rollout),
       # Same keys as stage 1's summary: 'geometry_<measure>[_random_encoder]'.
       **{f'geometry_{k}': v for k, v in measured.items()},

@@ -443,7 +443,7 @@ def run_probe(encode: Callable[[np.ndarray], jax.Array], dataset_path: str,
   every frame of the first `probe_val_trajectories` validation trajectories.
 
   Returns:
-    `{'patch': {'error_px', 'train_error_px', 'l2'}, 'mean': {...}, 'distance_spearman':
+    `{'patch': {'error', 'train_error', 'l2'}, 'mean': {...}, 'distance_spearman':
       rank correlation of latent and dot distances on validation frames}`.
   """
   data = {}
@@ -498,8 +498,8 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   `checkpoint.save_model(kind='vit', extra={'pixel_mean', 'pixel_std'})`) and `summary.json`.
 
   Returns:
-    The summary dict: `objective`; `probe_error_px` (flattened patch tokens of the trained
-    encoder, grid pixels, validation frames), `probe_error_px_random_encoder` (same probe on
+    The summary dict: `objective`; `probe_error` (flattened patch tokens of the trained
+    encoder, the env's `distance_unit`, validation frames), `probe_error_random_encoder` (same probe on
     the initial encoder), the mean-pooled variants; `geometry_<measure>` and
     `geometry_<measure>_random_encoder` (pretrain/geometry.py on rendered frames: pooled probe,
     latent-distance Spearman, effective rank, cost-landscape Spearman, latent variance); final
@@ -583,18 +583,19 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
       'objective': cfg.objective,
       # Geometry on rendered frames (geometry.py): 'geometry_<measure>[_random_encoder]'.
       **{f'geometry_{k}': v for k, v in measured.items()},
-      'probe_error_px': trained['patch']['error_px'],
-      'probe_error_px_random_encoder': random['patch']['error_px'],
-      'probe_error_px_mean_pool': trained['mean']['error_px'],
-      'probe_error_px_mean_pool_random_encoder': random['mean']['error_px'],
+      'probe_error': trained['patch']['error'],
+      'probe_error_random_encoder': random['patch']['error'],
+      'probe_error_mean_pool': trained['mean']['error'],
+      'probe_error_mean_pool_random_encoder': random['mean']['error'],
       'latent_distance_spearman': trained['distance_spearman'],
       'latent_distance_spearman_random_encoder': random['distance_spearman'],
-      'probe_train_error_px': trained['patch']['train_error_px'],
+      'probe_train_error': trained['patch']['train_error'],
       'probe_l2': trained['patch']['l2'],
       'final_metrics': metrics,
       'num_steps': int(jax.device_get(state['step'])),
       'steps_per_sec': result.loop.steps_per_sec,
       'train_seconds': result.loop.seconds,
+      'distance_unit': env.distance_unit,
       'probe_seconds': time.perf_counter() - probe_start,
       'total_seconds': time.time() - start_time,
       'token_grid': list(models.grid),
@@ -604,5 +605,5 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   }
   outputs.write_json(os.path.join(workdir, 'summary.json'), summary)
   logging.info('stage 1 done: probe error %.2f px (random encoder %.2f px)',
-               summary['probe_error_px'], summary['probe_error_px_random_encoder'])
+               summary['probe_error'], summary['probe_error_random_encoder'])
   return summary

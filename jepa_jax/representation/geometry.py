@@ -1,7 +1,7 @@
 """Latent geometry of a frozen encoder: does an L2 cost between latents guide a planner?
 
 Measures that a random-init encoder does not pass (it is always measured alongside):
-  probe_error_px_mean_pool  ridge probe from mean-pooled tokens to the probe targets (Wall: the
+  probe_error_mean_pool  ridge probe from mean-pooled tokens to the probe targets (Wall: the
                             dot position); a random ViT's flattened tokens are nearly linear
                             in pixels, its pooled tokens are not;
   probe_error_<group>       the flattened latent's probe for one named group of targets
@@ -145,7 +145,7 @@ def measure_encoder(encode: Encoder, env: base.Environment, *, image_size: int,
   """Every geometry measure of one encoder on frames rendered from random states.
 
   Returns:
-    `{'probe_error_px', 'probe_error_px_mean_pool', 'latent_distance_spearman',
+    `{'probe_error', 'probe_error_mean_pool', 'latent_distance_spearman',
       'latent_distance_spearman_mean_pool', 'effective_rank', 'landscape_spearman',
       'latent_variance', 'landscape' (R, R) costs}` and `probe_error_<group>` for each of the
       env's `probe_groups` (a probe of the flattened latent fit to that group's targets alone;
@@ -159,14 +159,14 @@ def measure_encoder(encode: Encoder, env: base.Environment, *, image_size: int,
               for name, s in (('fit', fit_states), ('eval', eval_states))}
   out = {}
   for kind, suffix in (('patch', ''), ('mean', '_mean_pool')):
-    out[f'probe_error_px{suffix}'] = probe_lib.fit_position_probe(
-        features['fit'][kind], targets['fit'], features['eval'][kind], targets['eval'])['error_px']
+    out[f'probe_error{suffix}'] = probe_lib.fit_position_probe(
+        features['fit'][kind], targets['fit'], features['eval'][kind], targets['eval'])['error']
     out[f'latent_distance_spearman{suffix}'] = probe_lib.latent_distance_correlation(
         features['eval'][kind], targets['eval'], num_pairs=num_pairs, seed=seed)
   for group, columns in env.probe_groups:  # the latent as a whole, one target group at a time
     out[f'probe_error_{group}'] = probe_lib.fit_position_probe(
         features['fit']['patch'], targets['fit'][:, columns], features['eval']['patch'],
-        targets['eval'][:, columns])['error_px']
+        targets['eval'][:, columns])['error']
   out['effective_rank'] = effective_rank(features['eval']['mean'])
   out['latent_variance'] = float(np.var(features['eval']['patch'], axis=0).mean())
 

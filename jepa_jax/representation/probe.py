@@ -1,8 +1,8 @@
 """Linear probe of a frozen encoder: closed-form ridge regression to the dot position.
 
 The probe measures whether the latents locate the Wall dot (what stage-3 planning needs):
-features of single frames -> `(x, y)` position in grid pixels, fit on train-split frames,
-scored on validation-split frames as the mean Euclidean error in grid pixels.
+features of single frames -> the state's position, fit on train-split frames, scored on
+validation-split frames as the mean Euclidean error in the environment's `distance_unit`.
 
 All linear algebra is float64 numpy on the host; it is small (a few thousand frames).
 """
@@ -85,14 +85,14 @@ def fit_position_probe(train_features: np.ndarray, train_positions: np.ndarray,
 
   Args:
     train_features: `(N, F)` frozen features of train-split frames.
-    train_positions: `(N, 2)` dot positions in grid pixels.
+    train_positions: `(N, 2)` positions in the environment's distance unit.
     eval_features, eval_positions: the same for validation-split frames.
     relative_l2: candidate ridge strengths, in units of the number of fit frames.
     holdout_fraction: share of the train frames used to choose the strength.
 
   Returns:
-    `{'error_px': mean Euclidean error on the eval frames (grid pixels), 'l2': chosen
-      relative strength, 'train_error_px': error on the train frames}`.
+    `{'error': mean Euclidean error on the eval frames (the positions' unit), 'l2': chosen
+      relative strength, 'train_error': error on the train frames}`.
   """
   train_features = np.asarray(train_features, np.float64)
   eval_features = np.asarray(eval_features, np.float64)
@@ -117,8 +117,8 @@ def fit_position_probe(train_features: np.ndarray, train_positions: np.ndarray,
   train_x, eval_x = _standardize(train_features, eval_features)
   weights, bias = ridge_fit(train_x, train_positions, alpha * len(train_x))
   return {
-      'error_px': mean_distance(eval_x @ weights + bias, eval_positions),
-      'train_error_px': mean_distance(train_x @ weights + bias, train_positions),
+      'error': mean_distance(eval_x @ weights + bias, eval_positions),
+      'train_error': mean_distance(train_x @ weights + bias, train_positions),
       'l2': float(alpha),
   }
 
@@ -161,7 +161,7 @@ def latent_distance_correlation(features: np.ndarray, positions: np.ndarray, *,
 
   Args:
     features: `(N, F)` frame latents (e.g. flattened patch tokens).
-    positions: `(N, 2)` dot positions in grid pixels.
+    positions: `(N, 2)` positions in the environment's distance unit.
   """
   features = np.asarray(features, np.float64)
   positions = np.asarray(positions, np.float64)

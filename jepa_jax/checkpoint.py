@@ -155,29 +155,26 @@ def check_free_space(path: str | os.PathLike, need_bytes: int,
     raise _disk_full_error(path, need_bytes, resume_from and os.fspath(resume_from))
 
 
-def is_disk_full(error: BaseException) -> bool:
-  """True when `error` (or an exception it was raised from) is ENOSPC: an OSError, or the
-  message TensorStore gives it inside orbax's errors."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-      return True
-    text = str(error)
-    if 'No space left on device' in text or "os_error_code='28'" in text:
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
 def _remove_partial_writes(directory: str, name: str = '') -> None:
   """Removes orbax's temporary folders (`<name>...orbax-checkpoint-tmp...`) in `directory` on
-  process 0: a write that failed leaves one, holding the space it took."""
+  process 0: a write that failed leaves one, holding the space it took.
+
+  Orbax raises at the first failed write while TensorStore's other writes of the same save are
+  still landing (they may recreate a folder just removed), so it removes until the folder has
+  stayed gone for three looks 50 ms apart (2 s at most). Nothing there: returns at once."""
   if jax.process_index() != 0 or not os.path.isdir(directory):
     return
-  for entry in os.listdir(directory):
-    if entry.startswith(name) and '.orbax-checkpoint-tmp' in entry:
+  removed, quiet_looks, deadline = False, 0, time.monotonic() + 2.0
+  while quiet_looks < 3 and time.monotonic() < deadline:
+    partial = [entry for entry in os.listdir(directory)
+               if entry.startswith(name) and '.orbax-checkpoint-tmp' in entry]
+    if not partial and not removed:
+      return
+    for entry in partial:
       shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+    removed = removed or bool(partial)
+    quiet_looks = 0 if partial else quiet_looks + 1
+    time.sleep(0.05)
 
 
 def _to_json(value: Any) -> Any:
@@ -305,7 +302,7 @@ class TrainCheckpointer:
     except DiskFullError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # orbax re-raises many types
-      if not is_disk_full(e) or self._writing is None:
+      if not outputs.is_disk_full(e) or self._writing is None:
         raise
       step, need = self._writing
       self._writing = None  # reported once
@@ -579,6 +576,7 @@ def save_model(path: str | os.PathLike, *, kind: str, config: Mapping[str, Any],
   staging = path + '.saving'  # the same name on every process: orbax saves collectively
   if jax.process_index() == 0 and os.path.exists(staging):
     shutil.rmtree(staging)  # left by an interrupted export
+  _remove_partial_writes(os.path.dirname(staging), os.path.basename(staging))  # and orbax's
   _sync('jepa_jax_save_model_clean')
   need = tree_nbytes(params)
   check_free_space(path, need)
@@ -589,7 +587,7 @@ def save_model(path: str | os.PathLike, *, kind: str, config: Mapping[str, Any],
     if jax.process_index() == 0:
       outputs.write_json(os.path.join(staging, EXPORT_SIZES_FILENAME), _file_sizes(staging))
   except Exception as e:  # pylint: disable=broad-except  # orbax re-raises many types
-    if not is_disk_full(e):
+    if not outputs.is_disk_full(e):
       raise
     out_of_inodes = _free_inodes(path) == 0  # before the partial export is removed
     if jax.process_index() == 0:

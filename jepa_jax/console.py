@@ -240,21 +240,36 @@ def result(stage: str, text: str) -> None:
 USER_ERRORS = (ValueError, OSError, ImportError, outputs.WorkdirBusyError)
 
 
+def _disk_full_line(error: BaseException) -> str:
+  """A full disk in one line: checkpoint.DiskFullError's own (the path, MB free and needed), or
+  for any other write (a summary, TensorBoard events, a dataset) the library's first line and
+  the step a rerun resumes from."""
+  from jepa_jax import checkpoint  # pylint: disable=g-import-not-at-top  # orbax: only here
+  if isinstance(error, checkpoint.DiskFullError):
+    return str(error)
+  first = (str(error).strip().splitlines() or [''])[0][:300]
+  return (f'no space left on device ({type(error).__name__}: {first}); free space and '
+          f'{checkpoint.rerun_hint()}')
+
+
 def run_app(main: Callable[[list[str]], Any], flags_parser: Callable | None = None) -> None:
   """`absl.app.run(main, flags_parser)`, but a `USER_ERRORS` exception ends the program with
   `error: <message>` on stderr and exit status 1 instead of a traceback (pass `--verbosity=1`
-  to see it). In a multi-process job any other exception first waits for the peer watch
+  to see it); so does a full disk, whatever library's write met it (`outputs.is_disk_full`). In
+  a multi-process job any other exception first waits for the peer watch
   (`distributed.wait_for_stopped_peer`): when a peer process died, the collective that waited
   on it fails here, and the watch replaces the traceback with its one line."""
 
   def guarded(argv: list[str]) -> Any:
     try:
       return main(argv)
-    except USER_ERRORS as e:
-      if flags.FLAGS['verbosity'].value >= 1:
-        raise
-      sys.exit(f'error: {e}')
-    except Exception:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except
+      if flags.FLAGS['verbosity'].value < 1 and outputs.is_disk_full(e):
+        sys.exit(f'error: {_disk_full_line(e)}')
+      if isinstance(e, USER_ERRORS):
+        if flags.FLAGS['verbosity'].value >= 1:
+          raise
+        sys.exit(f'error: {e}')
       distributed.wait_for_stopped_peer()
       raise
 

@@ -16,13 +16,15 @@ count and process id.
 A single-process run (a laptop, one GPU host, a single-host TPU VM) does nothing.
 
 A stopped peer is one line. Left to itself, when a process of the job dies (killed, out of
-memory, its host lost), JAX's coordination service notices after its heartbeat timeout (100 s)
-and aborts every other process with a ~100-line fatal C++ trace, or a collective raises first
-and Python prints its traceback. So every process also writes its own heartbeat into the
-service's key-value store (`_PeerWatch`, once a second) and watches the others'. A peer silent
-for `JEPA_JAX_PEER_TIMEOUT_S` seconds (default 60, under JAX's 100) is reported by process 0 as
+memory, its host lost), JAX's coordination service notices within its heartbeat timeout
+(default 100 s; measured 54 s and 76 s after a SIGKILL) and aborts every other process with a
+~100-line fatal C++ trace, or a collective raises first and Python prints its traceback. So
+every process also writes its own heartbeat into the service's key-value store (`_PeerWatch`,
+once a second). A peer silent for `JEPA_JAX_PEER_TIMEOUT_S` seconds (default 30; JAX's own
+heartbeat timeout is set to 4x that, at least 100 s, so this watch always speaks first) is
+reported by process 0 as
 
-  error: process 1 stopped at step ~170 of pretrain (no heartbeat for 60 s); rerun the same
+  error: process 1 stopped at step ~170 of pretrain (no heartbeat for 30 s); rerun the same
   command to resume from step 150
 
 and every process exits with status 1 before JAX's abort (the step comes from
@@ -88,9 +90,10 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
     return False
   # CPU processes exchange collectives through gloo (TPU/GPU use their own interconnect).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  peer_timeout_s()  # a bad JEPA_JAX_PEER_TIMEOUT_S fails before the job starts
+  heartbeat_s = max(100, int(_JAX_HEARTBEAT_FACTOR * peer_timeout_s()))  # see _PeerWatch
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             heartbeat_timeout_seconds=heartbeat_s)
   _start_peer_watch()
   logging.info('jax.distributed initialised: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -98,24 +101,27 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
   return True
 
 
-# Seconds a peer may go without a heartbeat before it counts as stopped; below JAX's own
-# heartbeat timeout (100 s), so that the one-line report comes before JAX's abort.
+# Seconds a peer may go without a heartbeat before it counts as stopped. JAX's coordination
+# service aborts the job somewhere between half and all of its own heartbeat timeout after a
+# death, so that timeout is set to 4x this one (at least JAX's default, 100 s).
 PEER_TIMEOUT_ENV = 'JEPA_JAX_PEER_TIMEOUT_S'
-_DEFAULT_PEER_TIMEOUT_S = 60.0
+_DEFAULT_PEER_TIMEOUT_S = 30.0
+_MAX_PEER_TIMEOUT_S = 600.0
+_JAX_HEARTBEAT_FACTOR = 4
 _BEAT_INTERVAL_S = 1.0
 _KEY_DIR = 'jepa_jax/peers/'
-_STOP_KEY = _KEY_DIR + 'stop'  # set by process 0 when it reports a stopped peer
+_STOP_DIR = 'jepa_jax/stop/'  # process 0 sets a key here when it reports a stopped peer
 _EXITED = 'exited'  # a process's last heartbeat when it ends normally
 
 
 class _PeerWatch:
   """Heartbeats through the coordination service's key-value store, and the stopped-peer report.
 
-  Every process sets `jepa_jax/peers/<id>` to a counter once a second and reads all peers' keys
-  (one directory read). A peer whose counter has not changed for `timeout_s` has stopped:
-  process 0 sets the stop key, lets the others exit (each leaves quietly when it sees the key,
-  before process 0 takes the coordination service down with it), prints the one line and exits
-  with status 1. `os._exit`: a normal exit would run JAX's shutdown, which waits for the dead
+  Every process sets `jepa_jax/peers/<id>` to a counter once a second. Process 0 reads them all
+  (one directory read): a peer whose counter has not changed for `timeout_s` has stopped.
+  Process 0 then sets a key under `jepa_jax/stop/`, lets the others exit (each reads that
+  directory once a second and leaves quietly, before process 0 takes the coordination service
+  down with it), prints the one line and exits with status 1. `os._exit`: a normal exit would run JAX's shutdown, which waits for the dead
   peer and aborts.
   """
 
@@ -152,7 +158,8 @@ class _PeerWatch:
         try:
           self._client.key_value_set(f'{_KEY_DIR}{self._process}', str(beat),
                                      allow_overwrite=True)
-          beats = dict(self._client.key_value_dir_get(_KEY_DIR))
+          beats = dict(self._client.key_value_dir_get(
+              _KEY_DIR if self._process == 0 else _STOP_DIR))
         except Exception:  # pylint: disable=broad-except
           # The service is unreachable: process 0 is gone, and JAX aborts this process.
           beats = None
@@ -161,8 +168,9 @@ class _PeerWatch:
       time.sleep(_BEAT_INTERVAL_S)
 
   def _check(self, beats: dict[str, str]) -> None:
+    """beats: on process 0 the peers' heartbeats, on the others the stop directory."""
     if self._process != 0:
-      if _STOP_KEY in beats:  # process 0 reports; leave before it takes the service down
+      if beats:  # process 0 reports; leave before it takes the service down
         self._exit(None)
       return  # process 0 watches and reports
     now = time.monotonic()
@@ -178,7 +186,8 @@ class _PeerWatch:
     if stopped:
       self._stopped.set()
       try:
-        self._client.key_value_set(_STOP_KEY, ','.join(map(str, stopped)), allow_overwrite=True)
+        self._client.key_value_set(f'{_STOP_DIR}reported', ','.join(map(str, stopped)),
+                                   allow_overwrite=True)
       except Exception:  # pylint: disable=broad-except
         pass
       time.sleep(3 * _BEAT_INTERVAL_S)  # the others see the key and leave
@@ -200,7 +209,7 @@ class _PeerWatch:
 
 
 def stopped_message(peers: list[int], timeout_s: float) -> str:
-  """'process 1 stopped at step ~170 of pretrain (no heartbeat for 60 s); rerun the same
+  """'process 1 stopped at step ~170 of pretrain (no heartbeat for 30 s); rerun the same
   command to resume from step 150' (where the running stage is, from `checkpoint.progress`)."""
   from jepa_jax import checkpoint  # pylint: disable=g-import-not-at-top  # orbax: only if needed
   where = checkpoint.progress
@@ -216,7 +225,7 @@ _watch: _PeerWatch | None = None
 
 def peer_timeout_s() -> float:
   """Seconds of silence after which a peer process counts as stopped (`JEPA_JAX_PEER_TIMEOUT_S`,
-  default 60)."""
+  default 30)."""
   value = os.environ.get(PEER_TIMEOUT_ENV, '')
   if not value:
     return _DEFAULT_PEER_TIMEOUT_S
@@ -224,9 +233,10 @@ def peer_timeout_s() -> float:
     seconds = float(value)
   except ValueError:
     seconds = -1.0
-  if not 0 < seconds < 100:
-    raise ValueError(f'{PEER_TIMEOUT_ENV}={value!r} must be a number of seconds in (0, 100) '
-                     "(below JAX's heartbeat timeout, 100 s)")
+  if not 0 < seconds <= _MAX_PEER_TIMEOUT_S:
+    raise ValueError(f'{PEER_TIMEOUT_ENV}={value!r} must be a number of seconds in '
+                     f'(0, {_MAX_PEER_TIMEOUT_S:.0f}]; unset it for the default '
+                     f'({_DEFAULT_PEER_TIMEOUT_S:.0f} s)')
   return seconds
 
 

@@ -12,6 +12,7 @@ Multi-process jobs: call `jepa_jax.distributed.maybe_initialize()` first; `write
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import math
 import os
@@ -32,6 +33,21 @@ LOCK_FILENAME = '.lock'
 # foreign.
 _PROBE_PREFIX = '.jepa_jax_probe.'
 _TRANSIENT_PREFIXES = (_PROBE_PREFIX, f'.{MARKER_FILENAME}.')
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """True when `error` (or an exception it was raised from) is ENOSPC: an OSError, or the
+  message a library gives it (TensorStore inside orbax's errors, C++ writers)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    text = str(error)
+    if 'No space left on device' in text or "os_error_code='28'" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def is_main_process() -> bool:

@@ -10,7 +10,7 @@
 # Each process sees DEVICES_PER_PROCESS fake CPU devices; jepa_jax.distributed.maybe_initialize()
 # reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. Output lines are prefixed
 # with the process id; the exit status is non-zero if any process fails. If a process dies, the
-# others stop after JEPA_JAX_PEER_TIMEOUT_S seconds (default 60) and process 0 says, in one line,
+# others stop after JEPA_JAX_PEER_TIMEOUT_S seconds (default 30) and process 0 says, in one line,
 # which one stopped and the step the same command resumes from (jepa_jax/distributed.py).
 set -euo pipefail
 

@@ -4,6 +4,7 @@
                         no root is needed and nothing is left mounted), the stage-1 binary
   ENOSPC inside orbax   the same tmpfs, filled by another writer between two checkpoint steps;
                         an inode-limited tmpfs under an export
+  any other full write  a summary larger than the free space
   a dead peer process   `launch/local_multiprocess.sh 2 2` running stage 1, process 1 killed
   a damaged step        truncated data files of the newest step, restored again and again
 
@@ -17,6 +18,7 @@ console (`console.setup(0)`, `console.run_app`), cheaper than a whole stage.
 
 import functools
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -231,6 +233,23 @@ def test_no_space_inside_orbax_is_the_same_one_line(tmp_path, case, size):
       assert 'but no free inodes (file entries)' in stderr[0]
 
 
+def test_full_disk_in_any_other_write_is_one_line(tmp_path):
+  """A summary larger than the free space (any write outside the checkpointer: TensorBoard
+  events, a dataset): one line, and the previous summary stays whole."""
+  mount, out = tmp_path / 'disk', tmp_path / 'out'
+  out.mkdir()
+  argv, env = _run_program('summary_on_full_disk', mount)
+  done = _in_tmpfs(f'{" ".join(argv)} 2>{out}/err; echo $? >{out}/rc; '
+                   f'cp {mount}/summary.json {out}/', mount, '1m', env=env, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert _lines(out / 'rc') == ['1']
+  stderr = _lines(out / 'err')
+  assert len(stderr) == 1, '\n'.join(stderr[:40])
+  _assert_table_quotes('test_full_disk_in_any_other_write_is_one_line', stderr[0])
+  with open(out / 'summary.json') as f:
+    assert json.load(f) == {'previous': 1}
+
+
 def test_damaged_newest_step_is_one_warning_each_time(tmp_path):
   """Eight damaged newest steps restored in one process: eight one-line warnings, nothing else
   (orbax's abandoned parallel reads used to print TensorStore tracebacks, 1 run in 4)."""
@@ -303,11 +322,14 @@ def test_killed_peer_process_is_one_line_from_process_0(tmp_path, data_dir):
 
 def test_bad_peer_timeout_is_one_line(monkeypatch):
   from jepa_jax import distributed  # pylint: disable=g-import-not-at-top
-  monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, '300')
-  with pytest.raises(ValueError) as error:
-    distributed.peer_timeout_s()
-  _assert_table_quotes('test_bad_peer_timeout_is_one_line', f'error: {error.value}')
-  assert "JEPA_JAX_PEER_TIMEOUT_S='300'" in str(error.value)
+  for bad in ('1h', '0', '900'):
+    monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, bad)
+    with pytest.raises(ValueError) as error:
+      distributed.peer_timeout_s()
+    _assert_table_quotes('test_bad_peer_timeout_is_one_line', f'error: {error.value}')
+    assert f"JEPA_JAX_PEER_TIMEOUT_S='{bad}'" in str(error.value)
+  monkeypatch.delenv(distributed.PEER_TIMEOUT_ENV)
+  assert distributed.peer_timeout_s() == 30.0
   monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, '8')
   assert distributed.peer_timeout_s() == 8.0
 
@@ -319,7 +341,7 @@ _DAMAGED_TRIALS = 8
 
 def _program(argv):
   """The cases the tests above run in a subprocess (argv: [prog, case, folder])."""
-  from jepa_jax import checkpoint, console  # pylint: disable=g-import-not-at-top
+  from jepa_jax import checkpoint, console, outputs  # pylint: disable=g-import-not-at-top
   console.setup(0)
   case, folder = argv[1], argv[2]
   rng = np.random.default_rng(0)
@@ -340,6 +362,9 @@ def _program(argv):
       ckpt.wait()
     finally:
       ckpt.close()
+  elif case == 'summary_on_full_disk':
+    outputs.write_json(os.path.join(folder, 'summary.json'), {'previous': 1})
+    outputs.write_json(os.path.join(folder, 'summary.json'), {'rows': noise['w0'].tolist()})  # 1.3 MB
   elif case == 'damaged_newest_step':
     state = {f'w{i}': rng.normal(size=(64, 64)).astype(np.float32) for i in range(60)}
     for trial in range(_DAMAGED_TRIALS):

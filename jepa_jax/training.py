@@ -405,16 +405,27 @@ def partition_rules(config: Any) -> list[tuple]:
   return [tuple(rule) for rule in config.partition_rules]
 
 
+def abstract_state(init_fn: Callable[[jax.Array], Any], seed: int, mesh: jax.sharding.Mesh,
+                   rules: list[tuple]) -> Any:
+  """The state `init_fn(PRNGKey(seed))` returns, as `jax.ShapeDtypeStruct`s that carry the
+  shardings the partition `rules` give on `mesh` (from `eval_shape`: nothing is computed)."""
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(seed))
+  return jax.tree_util.tree_map(
+      lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where), shapes,
+      sharding.param_shardings(shapes, mesh, rules))
+
+
 def init_sharded(init_fn: Callable[[jax.Array], Any], seed: int, mesh: jax.sharding.Mesh,
                  rules: list[tuple]) -> tuple[Any, Any]:
   """`init_fn(PRNGKey(seed))` evaluated by one jit straight into the layout the partition
-  `rules` give on `mesh` (shapes from `eval_shape`, so no full copy ever lands on one device).
+  `rules` give on `mesh` (`abstract_state`, so no full copy ever lands on one device).
 
   Returns:
     `(state, state_shardings)`.
   """
   key = jax.random.PRNGKey(seed)
-  state_shardings = sharding.param_shardings(jax.eval_shape(init_fn, key), mesh, rules)
+  state_shardings = jax.tree_util.tree_map(
+      lambda leaf: leaf.sharding, abstract_state(init_fn, seed, mesh, rules))
   return jax.jit(init_fn, out_shardings=state_shardings)(key), state_shardings
 
 

@@ -18,8 +18,10 @@ Dense kernels are `(in, out)` = torch `weight.T`):
               (torch `adaLN_modulation.1`, the Linear after the SiLU)
 """
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -77,13 +79,37 @@ CPU_LOGITS_BLOCK_BYTES = 4 * 2 ** 20
 CPU_MIN_BLOCKED_PAIR_BYTES = 128 * 2 ** 10
 
 
+# The platform being traced for, when it is not `jax.default_backend()`: a TPU program compiled
+# ahead of time on a CPU host (jepa_jax.aot) is traced on a process whose default backend is
+# the CPU, and must not get the CPU's cache-sized blocks (they turn into sequential loops).
+_COMPILE_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    'jepa_jax_compile_target', default=None)
+
+
+@contextlib.contextmanager
+def compile_target(platform: str) -> Iterator[None]:
+  """Functions traced inside are traced for `platform` ('cpu', 'gpu', 'tpu'). Trace a fresh
+  function (jit caches traces by function, not by this setting)."""
+  token = _COMPILE_TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _COMPILE_TARGET.reset(token)
+
+
+def target_platform() -> str:
+  """The platform the current trace is for: `compile_target`'s, else the default backend."""
+  return _COMPILE_TARGET.get() or jax.default_backend()
+
+
 def cpu_cache_block(count: int, item_bytes: int, budget_bytes: int) -> int:
   """How many of `count` like items to process at once so that they fit a CPU cache budget.
 
-  Returns `count` (all at once) off the CPU or when all fit in `budget_bytes`, else the largest
-  divisor of `count` whose items fit (at least 1; a divisor, so no block is padded).
+  Returns `count` (all at once) off the CPU (`target_platform()`) or when all fit in
+  `budget_bytes`, else the largest divisor of `count` whose items fit (at least 1; a divisor, so
+  no block is padded).
   """
-  if jax.default_backend() != 'cpu' or count * item_bytes <= budget_bytes:
+  if target_platform() != 'cpu' or count * item_bytes <= budget_bytes:
     return count
   block = max(1, budget_bytes // item_bytes)  # < count: the items do not all fit
   while count % block:

@@ -29,6 +29,7 @@ Parameter tree (torch names in brackets):
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -64,6 +65,10 @@ class ViTConfig:
     convolutions help transformers see better") of one 3x3 stride-2 convolution + GELU per
     entry, of that many channels, in front of a patchify of patch_size / 2^len(stem_channels):
     the token grid stays image_size / patch_size, but a token sees detail finer than a patch.
+  scan_blocks: run the blocks as one `lax.scan` (`layers.scan_blocks`: the same parameters and
+    outputs) instead of a Python loop, so a compiled program holds one block and its compile
+    time does not grow with the depth (the 40-block ViT-g stage-1 step: docs/pods.md); calls
+    with `return_layers` still loop (they keep intermediate outputs).
   """
   image_size: int = 224
   patch_size: int = 16
@@ -86,6 +91,7 @@ class ViTConfig:
   interpolate_offset: float = 0.1
   readout: str = 'patches'
   stem_channels: tuple[int, ...] = ()
+  scan_blocks: bool = False
 
   def __post_init__(self):
     if self.readout not in READOUTS:
@@ -121,10 +127,19 @@ _PRESETS = {
     'large': dict(width=1024, depth=24, num_heads=16),
     'giant': dict(width=1408, depth=40, num_heads=22, mlp_ratio=48 / 11),
 }
+# V-JEPA 2's encoders (docs/reference.md §1): 16-frame clips of 256 px in 2 x 16 x 16 tubelets,
+# 3D RoPE, no position table. ViT-L/16 has 303 M parameters; ViT-g/16 1.01 B (width 1408,
+# 40 blocks, 22 heads of 64, MLP 48/11 = 6144 wide: facebookresearch/vjepa2's
+# `vit_giant_xformers`).
+_VJEPA2_INPUT = dict(image_size=256, patch_size=16, tubelet_size=2, num_frames=16,
+                     pos_embed='rope3d', scan_blocks=True)
+_PRESETS.update(vjepa2_large={**_PRESETS['large'], **_VJEPA2_INPUT},
+                vjepa2_giant={**_PRESETS['giant'], **_VJEPA2_INPUT})
 
 
 def vit_config(preset: str = 'small', **overrides) -> ViTConfig:
-  """ViTConfig from a size preset (tiny/small/base/large/giant, patch 16) plus overrides.
+  """ViTConfig from a size preset (tiny/small/base/large/giant, patch 16; vjepa2_large and
+  vjepa2_giant with V-JEPA 2's clips and 3D RoPE) plus overrides.
 
   Unknown override keys raise TypeError naming the key.
   """
@@ -365,14 +380,19 @@ class ViTEncoder(nn.Module):
     def finish(h):
       return norm(h[:, keep]).reshape(out_shape)
 
+    block = functools.partial(
+        layers.Block, cfg.num_heads, int(cfg.width * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias,
+        layerscale_init=cfg.layerscale_init, layernorm_eps=cfg.layernorm_eps,
+        rope_layout=cfg.rope_layout, dtype=self.dtype)
     intermediates = {}
-    for i in range(cfg.depth):
-      x = layers.Block(cfg.num_heads, int(cfg.width * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias,
-                       layerscale_init=cfg.layerscale_init, layernorm_eps=cfg.layernorm_eps,
-                       rope_layout=cfg.rope_layout, layer_id=i + 1, dtype=self.dtype,
-                       name=f'blocks_{i}')(x, positions=positions)
-      if i in wanted:
-        intermediates[i] = finish(x)
+    if cfg.scan_blocks and not wanted:
+      x = layers.scan_blocks(self, block(parent=None), cfg.depth, 'blocks_', x,
+                             positions=positions)
+    else:
+      for i in range(cfg.depth):
+        x = block(layer_id=i + 1, name=f'blocks_{i}')(x, positions=positions)
+        if i in wanted:
+          intermediates[i] = finish(x)
     out = finish(x)
     if return_layers:
       return out, [intermediates[i % cfg.depth] for i in return_layers]

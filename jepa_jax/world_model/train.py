@@ -156,15 +156,37 @@ def as_world_model_config(section: Any) -> WorldModelConfig:
 
 def build_model(config, dataset_dir: str, encoder_path: str) -> tuple[Any, Any]:
   """(WorldModel, frozen encoder params) from the config, the dataset stats and the encoder."""
-  cfg = as_world_model_config(config.world_model)
-  dtype = COMPUTE_DTYPES[cfg.compute_dtype]
+  dtype = COMPUTE_DTYPES[as_world_model_config(config.world_model).compute_dtype]
   encoder, encoder_params, pixel_mean, pixel_std = model_lib.load_encoder(encoder_path, dtype)
-  model = model_lib.build_world_model(
-      encoder=encoder, pixel_mean=pixel_mean, pixel_std=pixel_std, predictor_kind=cfg.predictor,
-      predictor_config=cfg.predictor_config, proprio_emb_dim=cfg.proprio_emb_dim,
-      stats=stats_lib.load_stats(dataset_dir), frameskip=config.data.frameskip,
-      residual=cfg.residual, dtype=dtype)
+  model = assemble_model(config, encoder, pixel_mean, pixel_std,
+                         stats_lib.load_stats(dataset_dir), dtype)
   return model, encoder_params
+
+
+def assemble_model(config, encoder, pixel_mean, pixel_std, stats: dict,
+                   dtype) -> model_lib.WorldModel:
+  """The `world_model` section's WorldModel around a frozen `encoder` (a ViTEncoder) for data
+  normalised by `stats`, computing in `dtype`: `build_model` gives it an export and a dataset,
+  `jepa_jax.aot` stand-ins of their shapes."""
+  cfg = as_world_model_config(config.world_model)
+  return model_lib.build_world_model(
+      encoder=encoder, pixel_mean=pixel_mean, pixel_std=pixel_std, predictor_kind=cfg.predictor,
+      predictor_config=cfg.predictor_config, proprio_emb_dim=cfg.proprio_emb_dim, stats=stats,
+      frameskip=config.data.frameskip, residual=cfg.residual, dtype=dtype)
+
+
+def stage_parts(config, model: model_lib.WorldModel) -> dict:
+  """Stage 2's `init_fn` (key -> state) and `step_fn` ((state, encoder_params, batch) ->
+  (state, metrics)) for `model`: what `train` runs on the stage harness and `jepa_jax.aot`
+  compiles for TPU topologies."""
+  cfg = as_world_model_config(config.world_model)
+  data_cfg = trajectories.as_data_config(config.data)
+  tx = make_optimizer(cfg)
+  return dict(
+      init_fn=functools.partial(init_state, model, tx,
+                                num_frames=data_cfg.num_hist + data_cfg.num_pred),
+      step_fn=make_train_step(model, tx, cfg.loss_config(rollout_context=data_cfg.num_hist),
+                              config.seed, use_dropout=cfg.predictor == 'dino_wm'))
 
 
 def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
@@ -185,8 +207,6 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   model, encoder_params = build_model(config, dataset_dir, encoder_path)
-  tx = make_optimizer(cfg)
-  loss_config = cfg.loss_config(rollout_context=data_cfg.num_hist)
   rollout_fn = validate.make_rollout_error_fn(model, cfg.eval_horizon)
   last_eval = {}
   placed = {}  # the frozen encoder params as placed on the mesh (set once the stage starts)
@@ -215,11 +235,8 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
     placed.update(mesh=mesh, encoder=frozen[0])
 
   stage = training.Stage(
-      name='world_model',
-      init_fn=functools.partial(init_state, model, tx, num_frames=num_frames),
-      step_fn=make_train_step(model, tx, loss_config, config.seed,
-                              use_dropout=cfg.predictor == 'dino_wm'),
-      make_loader=make_loader, batch_size=cfg.batch_size, num_steps=cfg.num_steps,
+      name='world_model', **stage_parts(config, model), make_loader=make_loader,
+      batch_size=cfg.batch_size, num_steps=cfg.num_steps,
       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
       max_to_keep=cfg.max_to_keep, frozen=(encoder_params,), model_inputs=_model_inputs,
       settings=('env', 'seed', 'data'),

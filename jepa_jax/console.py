@@ -27,6 +27,7 @@ failure with tracebacks, then our one line. At verbosity 0 only that line is lef
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import logging as std_logging
 import os
@@ -109,6 +110,22 @@ def _one_line_thread_exception(args: threading.ExceptHookArgs) -> None:
 _verbosity = 0  # as last set by `setup`
 
 
+# Device files of TPU chips: /dev/accel<n> (v2-v5e) or /dev/vfio/<n> (v5p, v6e).
+_TPU_DEVICE_FILES = ('/dev/accel*', '/dev/vfio/[0-9]*')
+
+
+def _quiet_libtpu_without_chips() -> None:
+  """libtpu (the `test` extra installs it for ahead-of-time TPU compiles) probes for TPU hosts
+  when JAX starts its backends; on a machine with no TPU chip that prints about five lines of
+  warnings before JAX falls back to the CPU. Told that this is a single local host, it probes
+  nothing. A machine with TPU chips, or a user's own TPU_* settings, are left alone."""
+  if any(glob.glob(pattern) for pattern in _TPU_DEVICE_FILES):
+    return
+  for key, value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_WORKER_HOSTNAMES', 'localhost'),
+                     ('TPU_ACCELERATOR_TYPE', 'v5litepod-1')):
+    os.environ.setdefault(key, value)
+
+
 def setup(verbosity: int = 0) -> None:
   """Sets what the terminal shows (see the module docstring for the levels).
 
@@ -120,6 +137,7 @@ def setup(verbosity: int = 0) -> None:
   if verbosity < 2:
     # TensorFlow's C++ logs, should TF be imported later (tensorboard writers may import it).
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  _quiet_libtpu_without_chips()
   # absl routes every Python logger (Orbax, grain, TFDS and jax use absl or std logging) through
   # its root handler; the level lets INFO through, the filter decides whose.
   logging.set_verbosity(logging.INFO if verbosity >= 1 else logging.WARNING)

@@ -287,7 +287,7 @@ def _ablation_world_model(config, workdir: str, data_dir: str, encoder_name: str
     if encoder_name == 'random_encoder':
       encoder_path = os.path.join(workdir, 'ablation', 'random_encoder', 'encoder')
       if not os.path.isdir(encoder_path):
-        pretrain_train.export_random_encoder(config, encoder_path)
+        pretrain_train.export_random_encoder(config, encoder_path, data_dir)
     settings = {**stage_settings(model_config, 'world_model'), 'encoder_path': encoder_path}
     train = lambda: world_model_train.train(model_config, stage_dir, data_dir, encoder_path)
   _run_stage(stage_dir, section, settings, train, overwrite)

@@ -12,6 +12,10 @@ config file (`wall.py`, `point_maze.py`, `push_t.py`) sets only what its variant
                `--config.encoder_export=DIR`), the depth-6 AdaLN predictor, CEM 300 x 30.
   paper_vjepa  paper scale with a ViT-S/16 encoder trained by V-JEPA on the environment's data
                (not the paper's encoder).
+  paper_vitg   paper_vjepa with V-JEPA 2's ViT-g/16 (1 B parameters, 16 frames of 256 px),
+               parameters and optimiser state sharded over every chip (FSDP): a pod's job
+               (`--config.encoder.preset=vjepa2_large` for ViT-L/16; check the slice first
+               with `experiments.compile_check`).
 """
 
 import dataclasses
@@ -24,7 +28,7 @@ from jepa_jax.planning.config import PlanningConfig
 from jepa_jax.pretrain.train import PretrainConfig
 from jepa_jax.world_model.train import WorldModelConfig
 
-VARIANTS = ('smoke', 'tiny', 'paper', 'paper_vjepa')
+VARIANTS = ('smoke', 'tiny', 'paper', 'paper_vjepa', 'paper_vitg')
 
 
 def _section(dataclass_instance) -> ml_collections.ConfigDict:
@@ -83,14 +87,19 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The settings every environment's `smoke` and `tiny` variants share (2 CPU cores)."""
   smoke = config.variant == 'smoke'
   config.data.image_size = 64
+  # Stage 1 at CPU scale (docs/stage1.md): one global token per
+  # frame (patch = image, tubelet 1), predictive masks (frame 0 -> frames 1-3), features
+  # standardised over the batch (what keeps it from collapsing), online targets (momentum 0);
+  # SIGReg on top made the latent less metric at every weight tried.
   config.encoder = ml_collections.ConfigDict(dict(
-      preset='tiny', image_size=64, patch_size=16, tubelet_size=2, width=96, depth=4,
+      preset='tiny', image_size=64, patch_size=64, tubelet_size=1, width=96, depth=4,
       num_heads=4, pos_embed='sincos3d'))
   config.pretrain.update(
       batch_size=16 if smoke else 32, num_steps=30 if smoke else 600, num_frames=4, lr=1e-3,
       warmup_steps=5 if smoke else 50, grad_clip_norm=1.0,
-      # V-JEPA 2 holds the EMA momentum at 0.99925; short CPU runs need a faster target.
-      ema_momentum=0.99, predictor=dict(width=64, depth=2, num_heads=4), dtype='float32',
+      mask_groups=(dict(num_blocks=1, spatial_scale=1.0, context_frames=1),),
+      objective='vjepa', sigreg_samples='frames', standardise=True,
+      ema_momentum=0.0, predictor=dict(width=64, depth=2, num_heads=4), dtype='float32',
       log_every=10 if smoke else 50, checkpoint_every=20 if smoke else 200,
       probe_train_trajectories=32 if smoke else 100, probe_val_trajectories=16 if smoke else 50,
       geometry_frames=256 if smoke else 2000)
@@ -136,6 +145,21 @@ def paper_vjepa_variant(config: ml_collections.ConfigDict) -> ml_collections.Con
   return config
 
 
+def paper_vitg_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Stage 1 at V-JEPA 2's ViT-g/16 scale: frames rendered at its 256 px, the batch split over
+  all chips along `fsdp`, which the partition rules also shard every kernel over (one chip's
+  HBM cannot hold the parameters, EMA target and AdamW moments: docs/pods.md)."""
+  paper_vjepa_variant(config)
+  config.encoder = ml_collections.ConfigDict(dict(preset='vjepa2_giant'))
+  config.data.image_size = 256
+  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1))
+  # The patch embedding's kernel (t, p, p, C, D) splits along D: its first dimension, the
+  # tubelet (2), leaves it whole on every chip under the generic kernel rule.
+  config.partition_rules = [('patch_embed/proj/kernel', (None, None, None, None, 'fsdp')),
+                            *config.partition_rules]
+  return config
+
+
 def apply_variant(config: ml_collections.ConfigDict, *, smoke_data: dict,
                   tiny_data: dict) -> ml_collections.ConfigDict:
   """The variant's changes on top of an environment's paper config: the CPU variants train
@@ -147,4 +171,6 @@ def apply_variant(config: ml_collections.ConfigDict, *, smoke_data: dict,
     config.data.update(smoke_data if config.variant == 'smoke' else tiny_data)
   elif config.variant == 'paper_vjepa':
     paper_vjepa_variant(config)
+  elif config.variant == 'paper_vitg':
+    paper_vitg_variant(config)
   return config

@@ -483,12 +483,18 @@ def export_encoder(path: str, models: Models, cfg: PretrainConfig, params: Any) 
              'pixel_std': np.asarray(cfg.pixel_std, np.float32)})
 
 
-def export_random_encoder(config: Any, path: str) -> None:
+def export_random_encoder(config: Any, path: str, data_dir: str) -> None:
   """Exports the random initialisation of stage 1's encoder (the init `train` starts from for
-  `config.seed`): the same-architecture baseline of the ablation."""
+  `config.seed`): the same-architecture baseline of the ablation, with `pretrain.standardise`
+  standardised over the training frames as the trained export is."""
   models, cfg, parts = stage_parts(config)
   state = jax.jit(parts['init_fn'])(jax.random.PRNGKey(int(config.seed)))
-  export_encoder(path, models, cfg, jax.device_get(state['target_encoder']))
+  params = state['target_encoder']
+  if cfg.standardise:
+    mesh = sharding_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+    params = fold_training_statistics(make_frame_encoder(models, cfg, mesh), params,
+                                      trajectories_lib.locate_dataset(config, data_dir), cfg)
+  export_encoder(path, models, cfg, jax.device_get(params))
 
 
 def train(config: Any, workdir: str, data_dir: str) -> dict:

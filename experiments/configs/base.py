@@ -89,8 +89,8 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.image_size = 64
   # Stage 1 at CPU scale (docs/stage1.md): one global token per
   # frame (patch = image, tubelet 1), predictive masks (frame 0 -> frames 1-3), features
-  # standardised over the batch (what keeps it from collapsing), online targets (momentum 0);
-  # SIGReg on top made the latent less metric at every weight tried.
+  # standardised over the batch (what keeps it from collapsing), online targets (momentum 0),
+  # a light SIGReg over per-frame pooled features (it planned best; heavier made it worse).
   config.encoder = ml_collections.ConfigDict(dict(
       preset='tiny', image_size=64, patch_size=64, tubelet_size=1, width=96, depth=4,
       num_heads=4, pos_embed='sincos3d'))
@@ -98,7 +98,7 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       batch_size=16 if smoke else 32, num_steps=30 if smoke else 600, num_frames=4, lr=1e-3,
       warmup_steps=5 if smoke else 50, grad_clip_norm=1.0,
       mask_groups=(dict(num_blocks=1, spatial_scale=1.0, context_frames=1),),
-      objective='vjepa', sigreg_samples='frames', standardise=True,
+      objective='vjepa_sigreg', sigreg_samples='frames', sigreg_weight=0.01, standardise=True,
       ema_momentum=0.0, predictor=dict(width=64, depth=2, num_heads=4), dtype='float32',
       log_every=10 if smoke else 50, checkpoint_every=20 if smoke else 200,
       probe_train_trajectories=32 if smoke else 100, probe_val_trajectories=16 if smoke else 50,

@@ -6,14 +6,14 @@ r"""Planning throughput: jepa_jax's jitted CEM against a PyTorch baseline, same 
   python -m experiments.bench_planning --grid=8,8 --latent_width=192 --depth=6 --heads=16 \
       --samples=300 --iters=2 --horizon=6
 
-Presets (jepa_jax/planning/benchmark.py PRESETS): small = 4x4x64 depth 2, 4 heads, 3 iterations;
+Presets (jepa_jax/diagnostics/benchmark.py PRESETS): small = 4x4x64 depth 2, 4 heads, 3 iterations;
 medium = 8x8x192 depth 6, 16 heads, 2 iterations; paper_cpu = 16x16x384 depth 6, 16 heads, 64
 samples, 1 iteration, horizon 2; paper_gpu = the paper's 300 x 30, horizon 6, bf16, 1 and 8
 episodes; tiny = a test size. All with 300 samples, 10 elites, horizon 6, proprio on unless
 stated; every size and budget flag below overrides the presets. Episodes are sharded over 1, 2,
 4, 8 devices (the device sweep; on a CPU, 8 fake devices are created when XLA_FLAGS does not set
 a count). torch runs with --torch_threads intra-op threads (default: the available cores).
-See the library docstring (jepa_jax/planning/benchmark.py) for what every column means.
+See the library docstring (jepa_jax/diagnostics/benchmark.py) for what every column means.
 """
 
 import dataclasses
@@ -28,7 +28,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 from experiments import cli
 from jepa_jax import outputs
-from jepa_jax.planning import benchmark
+from jepa_jax.diagnostics import benchmark
 
 _PRESETS = flags.DEFINE_list('presets', ['small'],
                              f'Benchmarks to run, from {sorted(benchmark.PRESETS)}.')

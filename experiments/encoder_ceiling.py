@@ -6,7 +6,7 @@ r"""Supervised ceiling of the LeWM encoder: can this architecture read the state
 Trains the config's LeWM encoder (`lewm.encoder`) from its random init, with a linear head, to
 regress the true probe targets (the block's centre of gravity, angle, the pusher on Push-T) from
 frames of random states, then prints each probe target group's error next to the random-init
-encoder's (jepa_jax/lewm/ceiling.py). A diagnostic: the pipeline never sees the state. The
+encoder's (jepa_jax/diagnostics/ceiling.py). A diagnostic: the pipeline never sees the state. The
 LeWM stage writes the same measures for its own encoder to `world_model/summary.json`
 (`geometry_probe_error_<group>`), so the two read side by side.
 """
@@ -18,7 +18,7 @@ from experiments import cli
 from experiments import configs
 from jepa_jax import envs
 from jepa_jax import outputs
-from jepa_jax.lewm import ceiling
+from jepa_jax.diagnostics import ceiling
 from jepa_jax.lewm import train as lewm_train
 from jepa_jax.models import vit
 from jepa_jax.representation import encoder as encoder_lib

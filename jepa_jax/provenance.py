@@ -3,7 +3,7 @@
 `describe_run()` is written next to every `results.json` / `summary.json`. The CPU model and its
 vector ISA matter: XLA:CPU picks kernels (and float summation orders) by the ISA it finds, so
 the same command and seed can differ in the last bits across machines, and CEM amplifies those
-bits into different plans (README, "Reproducibility").
+bits into different plans (docs/results.md, "What is bit-reproducible").
 """
 
 import importlib.metadata

@@ -9,7 +9,7 @@
 #
 # Prints s/plan (jepa_jax and torch, and their ratio), achieved TFLOP/s and MFU against the
 # data-sheet dense bf16 peak (H100 SXM / H200 989.4 TFLOP/s, H100 PCIe 756: see
-# jepa_jax/planning/benchmark.py BF16_PEAK_TFLOPS), peak memory and compile time; writes
+# jepa_jax/diagnostics/benchmark.py BF16_PEAK_TFLOPS), peak memory and compile time; writes
 # OUT_DIR/bench.json, OUT_DIR/bench.log, OUT_DIR/smoke.log and the smoke's OUT_DIR/smoke/.
 # It installs only what is missing, and says so: the package with its test extra (torch), and on
 # a GPU run jax[cuda12]. Nothing in CI runs this script.

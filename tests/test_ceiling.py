@@ -6,7 +6,7 @@ import pytest
 
 from jepa_jax import envs
 from jepa_jax.models import vit
-from jepa_jax.lewm import ceiling
+from jepa_jax.diagnostics import ceiling
 
 IMAGE_SIZE = 32
 

@@ -5,7 +5,7 @@ config. Their parameter names differ from torch hub's, so the test writes the to
 state dict from the HF weights (`_hub_state_dict`, renaming table below) and converts that file.
 
 Position-table interpolation: HF resizes by target size (and the registers model antialiases),
-while torch hub (the reference behaviour, REFERENCE §2) passes `scale_factor = (g + 0.1) / M`
+while torch hub (the reference behaviour, docs/reference.md §2) passes `scale_factor = (g + 0.1) / M`
 to bicubic `F.interpolate` without antialias. For grids that differ from the table we therefore
 replace HF's `interpolate_pos_encoding` by the torch hub rule written here with
 `torch.nn.functional.interpolate`, and compare end to end.
@@ -62,7 +62,7 @@ def _hf_model(registers: bool, seed: int = 0):
 
 
 def _hub_state_dict(model) -> dict:
-  """HF DINOv2 weights under torch hub names (REFERENCE §8)."""
+  """HF DINOv2 weights under torch hub names (docs/reference.md §8)."""
   out, qkv = {}, {}
   for key, value in model.state_dict().items():
     parts = key.split('.')

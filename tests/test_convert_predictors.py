@@ -1,6 +1,6 @@
 """Reference predictor conversion (AdaLN / DINO-WM `.pth.tar`) against PyTorch re-implementations.
 
-The torch modules below are written in this file from REFERENCE.md §3a / §3b and §8 (key names),
+The torch modules below are written in this file from docs/reference.md §3a / §3b and §8 (key names),
 independently of jepa_jax. Each test saves one in the reference `.pth.tar` layout (predictor,
 opt, scaler, epoch, encoders; optionally with a `module.` prefix), converts it, and compares
 forward passes in float32.
@@ -376,7 +376,7 @@ def test_binary_writes_a_loadable_export(tmp_path, parsed_flags):
 
 
 def test_torch_reference_has_the_paper_parameter_count():
-  """Sanity check of the reference written above: REFERENCE §3a gives 17,626,480 at depth 6."""
+  """Sanity check of the reference written above: docs/reference.md §3a gives 17,626,480 at depth 6."""
   paper = TorchAdaLNPredictor(visual_dim=384, proprio_emb_dim=16, action_dim=10, depth=6,
                               heads=16)
   assert sum(p.numel() for p in paper.parameters()) == 17_626_480

@@ -1,4 +1,4 @@
-"""Predictors (REFERENCE §3) against float64 numpy re-derivations and structural properties."""
+"""Predictors (docs/reference.md §3) against float64 numpy re-derivations and structural properties."""
 
 import functools
 import math
@@ -141,7 +141,7 @@ def _check_against_numpy(vis, prop, params, z, a, pe, cfg, readout='per_patch'):
 
 
 def test_adaln_predictor_matches_numpy_float64():
-  """Default readout: one proprio prediction per patch (B, T, H, W, Pe), REFERENCE §3a."""
+  """Default readout: one proprio prediction per patch (B, T, H, W, Pe), docs/reference.md §3a."""
   _, params, (z, a, pe), apply = _setup('adaln')
   vis, prop = apply(params, z, a, pe)
   assert prop.shape == z.shape[:4] + (pe.shape[-1],)
@@ -206,7 +206,7 @@ def test_remat_keeps_values_and_gradients():
 
 
 def test_paper_adaln_param_count():
-  """REFERENCE §3a: 17,626,480 = predictor_embed + action_encoder + 6 blocks + predictor_norm +
+  """docs/reference.md §3a: 17,626,480 = predictor_embed + action_encoder + 6 blocks + predictor_norm +
   predictor_proj; the ProprioEncoder (2 -> 16: 48 params) is not included."""
   model = predictors.build_predictor('adaln', latent_dim=384, proprio_emb_dim=16, action_dim=10,
                                      depth=6, num_heads=16, grid_size=(16, 16))

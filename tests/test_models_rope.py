@@ -1,4 +1,4 @@
-"""3D RoPE (jepa_jax/models/rope.py) against float64 numpy re-derivations of REFERENCE §3a."""
+"""3D RoPE (jepa_jax/models/rope.py) against float64 numpy re-derivations of docs/reference.md §3a."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from jepa_jax.models import rope
 
 
 def _numpy_rope_reference(x, pos, theta=10000.0):
-  """REFERENCE §3a written out element by element (float64): x (N, hd), pos (N, 3)."""
+  """docs/reference.md §3a written out element by element (float64): x (N, hd), pos (N, 3)."""
   n, hd = x.shape
   d = 2 * ((hd // 3) // 2)
   half = d // 2

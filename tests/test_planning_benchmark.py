@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-from jepa_jax.planning import benchmark  # pylint: disable=g-import-not-at-top
-from jepa_jax.planning import torch_reference
+from jepa_jax.diagnostics import benchmark  # pylint: disable=g-import-not-at-top
+from jepa_jax.diagnostics import torch_reference
 
 TINY = benchmark.PRESETS['tiny']
 
@@ -38,7 +38,7 @@ def test_same_cost_without_proprio_in_chunks():
 
 
 def test_torch_reference_has_the_paper_parameter_count():
-  """REFERENCE 3a: 17,626,480 parameters at the paper size (depth 6)."""
+  """docs/reference.md §3a: 17,626,480 parameters at the paper size (depth 6)."""
   paper = torch_reference.AdaLNPredictor(384, 16, 10, depth=6, heads=16)
   assert sum(p.numel() for p in paper.parameters()) == 17_626_480
 

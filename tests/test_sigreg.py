@@ -12,7 +12,7 @@ from jepa_jax.representation import sigreg as sigreg_lib
 
 
 def numpy_sigreg(embeddings, directions, num_knots=17, max_frequency=3.0):
-  """Epps-Pulley statistic on projections, written from REFERENCE §9 in float64 loops."""
+  """Epps-Pulley statistic on projections, written from docs/reference.md §9 in float64 loops."""
   x = np.asarray(embeddings, np.float64)
   u = np.asarray(directions, np.float64)
   t = np.linspace(0.0, max_frequency, num_knots)

@@ -1,6 +1,6 @@
 """Tests of the Wall (DotWall) environment against hand-worked numbers and closed forms.
 
-Every expected position below is derived by hand from REFERENCE.md section 6; the comment
+Every expected position below is derived by hand from docs/reference.md §6; the comment
 next to each case shows the arithmetic (p' = s + 2a; t = fraction of the step at the line).
 """
 

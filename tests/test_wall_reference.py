@@ -8,7 +8,7 @@ from jepa_jax.envs import wall
 
 
 def hand_generate_random_state(seed):
-  """DotWall.generate_random_state(seed) re-derived from its config (REFERENCE.md section 6):
+  """DotWall.generate_random_state(seed) re-derived from its config (docs/reference.md §6):
   dot_std 1.7, border_wall_loc 5, img_size 65, wall at x = 32 of width 6. numpy's legacy
   `uniform(low, high)` is `low + (high - low) * random_sample()`, one double per call."""
   dot_std, border_wall_loc, img_size, wall_x, wall_width = 1.7, 5, 65, 32, 6

@@ -199,7 +199,7 @@ def test_unroll_first_step_is_single_frame_prediction():
 
 
 def list_unroll(model, params, z0, pe0, actions):
-  """REFERENCE §5 written out: every step feeds its whole window (the last 2 frames, true or
+  """docs/reference.md §5 written out: every step feeds its whole window (the last 2 frames, true or
   predicted, positions from 0; pe0 repeated over the patches) to `model.predict` and keeps
   the newest output."""
   zs, pes = [z0], [pe0]

@@ -121,7 +121,7 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       else 16)
   if not smoke:
     # Our MPC: replan from the observed state after every model step, warm-started, with 300
-    # samples (the paper's count; 10 iterations). Measured (README): replanning every step
+    # samples (the paper's count; 10 iterations). Measured (docs/results.md): replanning every step
     # instead of every 2 took PointMaze from 82.3 to 87.5 %, 300 samples instead of 100 took
     # pixels-only Wall from 88.5 to 92.7 % (the oracle at 100 x 10 reaches 92.7 %: at that
     # budget the planner, not the model, was the limit).
@@ -163,8 +163,8 @@ def paper_vitg_variant(config: ml_collections.ConfigDict) -> ml_collections.Conf
 def apply_variant(config: ml_collections.ConfigDict, *, smoke_data: dict,
                   tiny_data: dict) -> ml_collections.ConfigDict:
   """The variant's changes on top of an environment's paper config: the CPU variants train
-  LeWorldModel (the objective that plans from pixels alone at CPU scale: README) on
-  `smoke_data` / `tiny_data` (overrides of the `data` section)."""
+  LeWorldModel (`method='lewm'`: it plans better than three_stage at CPU scale,
+  docs/stage1.md) on `smoke_data` / `tiny_data` (overrides of the `data` section)."""
   if config.variant in ('smoke', 'tiny'):
     cpu_variant(config)
     end_to_end_variant(config)

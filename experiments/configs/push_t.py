@@ -2,7 +2,7 @@
 
 The block's pose is only in the frames: proprio is the pusher's position and velocity. Data:
 the scripted noisy pusher of `jepa_jax.envs.push_t` (DINO-WM used 18.5k noisy expert
-trajectories; ours are generated here). Paper batch 256 (REFERENCE.md section 4). The CPU
+trajectories; ours are generated here). Paper batch 256 (docs/reference.md §4). The CPU
 variants train LeWorldModel, as Wall's do (see wall.py), reading the pusher's proprio; the
 `pixels_only` row scores the visual latents alone.
 
@@ -36,7 +36,7 @@ def get_config(variant='tiny'):
     # LeWorldModel's latent: the CLS token of a ViT over 16 x 16 patches (one 64 x 64 patch is
     # the Wall default). Measured (tiny, 3000 steps; ridge probes of the frozen latent on random
     # states, the block at its body origin): 41-42 px against 39 px for one patch and 114 px for
-    # the mean (mostly the unknown angle: README; its centre of gravity: 24 px), pusher
+    # the mean (mostly the unknown angle: docs/push_t.md; its centre of gravity: 24 px), pusher
     # 111 against 128 px (157 for the mean); patch 8 (64 tokens, 4x slower) 38.5 / 107 px.
     # The T's arms and the pusher are 4 px wide at 64 px and a 16 px patch holds the whole bar.
     # A convolutional stem (`stem_channels=(24, 48, 96)`) lets the supervised ceiling read the

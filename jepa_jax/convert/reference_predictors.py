@@ -13,7 +13,7 @@ Output: `(config, params)` with
 
 Size inference (what the tensors do not say comes from arguments, defaults = the paper):
 
-AdaLN (REFERENCE §3a/§8; every key under `predictor`, the action encoder included):
+AdaLN (docs/reference.md §3a/§8; every key under `predictor`, the action encoder included):
   latent_dim Dv = predictor_embed.weight in-dim   embed_dim E = predictor_embed.weight out-dim
   width C = action_encoder.weight out-dim         proprio_emb_dim Pe = C - E
   action_dim A = action_encoder.weight in-dim     depth = number of predictor_blocks.{i}
@@ -22,7 +22,7 @@ AdaLN (REFERENCE §3a/§8; every key under `predictor`, the action encoder inclu
   num_heads (default 16), grid_size (default (16, 16); RoPE has no table) and max_frames
   (default 4) are arguments.
 
-DINO-WM (REFERENCE §3b; the DINO-WM code's naming `transformer.layers.{i}.0` = attention with
+DINO-WM (docs/reference.md §3b; the DINO-WM code's naming `transformer.layers.{i}.0` = attention with
 its own `norm`, `to_qkv` (no bias), `to_out.0`; `transformer.layers.{i}.1.net.{0,1,4}` =
 LayerNorm, Linear, Linear of the MLP; `transformer.norm`; `pos_embedding`). The action encoder
 is the top-level `action_encoder` entry (kernel-1 Conv1d `patch_embed`, (Ae, A, 1)):

@@ -1,6 +1,6 @@
 """PointMaze (D4RL maze2d-umaze, the reference's MuJoCo point mass) as pure float32 JAX functions.
 
-The reference (REFERENCE.md section 7) simulates a sphere (radius 0.1, density 1000, so mass
+The reference (docs/reference.md §7) simulates a sphere (radius 0.1, density 1000, so mass
 4.18879 kg) on two slide joints with MuJoCo: timestep 0.01 s, Euler integrator (joint damping 1
 integrated implicitly), motors of gear 100 on controls clipped to [-1, 1], soft frictionless
 contacts (condim 1, margin 0.002 per geom, default solref/solimp) against 1 x 1 wall boxes.

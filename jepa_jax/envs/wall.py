@@ -1,7 +1,7 @@
 """The Wall environment (DotWall of the reference), as pure float32 JAX functions.
 
 A dot moves in a 65 x 65 grid split into two rooms by a vertical wall band with one door
-(REFERENCE.md section 6). Positions are `(x, y)` = (column, row) in grid pixels. Every function
+(docs/reference.md §6). Positions are `(x, y)` = (column, row) in grid pixels. Every function
 is elementwise over a leading batch shape or plain enough to `jax.vmap`; none branches in Python
 on traced values, so all of them can be jitted and vmapped over episodes.
 
@@ -36,7 +36,7 @@ DOT_SIGMA = 1.7      # rendering: std of the Gaussian dot, in pixels
 SUCCESS_RADIUS = 4.5
 EPISODE_STEPS = 30
 
-# Evaluation start/goal ranges (REFERENCE section 6).
+# Evaluation start/goal ranges (docs/reference.md §6).
 LEFT_START_X = (7.4, 25.6)
 RIGHT_START_X = (38.4, 56.6)
 START_Y = (7.4, 56.6)
@@ -138,7 +138,7 @@ def _barrier_bounce(pos, proposed):
 
 
 def transition(pos, action):
-  """One env step (REFERENCE section 6).
+  """One env step (docs/reference.md §6).
 
   Args:
     pos: f32 (..., 2) dot position (x, y) in grid pixels.
@@ -226,7 +226,7 @@ def render(pos, size=GRID_SIZE):
 
 
 def sample_start_goal(key):
-  """Evaluation start and goal, always in opposite rooms (REFERENCE section 6).
+  """Evaluation start and goal, always in opposite rooms (docs/reference.md §6).
 
   Draws in order sx ~ U[7.4, 25.6], gx ~ U[38.4, 56.6], sy ~ U[7.4, 56.6], gy ~ U[7.4, 56.6]
   (one uniform vector, in that order), then swaps sx and gx with probability 0.5.

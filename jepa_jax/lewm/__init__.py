@@ -1,1 +1,1 @@
-"""LeWorldModel: encoder + predictor trained end to end from pixels with SIGReg (REFERENCE §9)."""
+"""LeWorldModel: encoder + predictor trained end to end from pixels with SIGReg (docs/reference.md §9)."""

@@ -1,4 +1,4 @@
-"""LeWorldModel: encoder and action-conditioned predictor trained jointly from pixels (REFERENCE §9).
+"""LeWorldModel: encoder and action-conditioned predictor trained jointly from pixels (docs/reference.md §9).
 
 The alternative to stages 1 + 2. One loss trains everything end to end, with no EMA target and
 no stop-gradient on the latents:

@@ -351,7 +351,7 @@ class Block(nn.Module):
 
 
 class AdaLNBlock(nn.Module):
-  """DiT-style block conditioned per frame (REFERENCE §3a).
+  """DiT-style block conditioned per frame (docs/reference.md §3a).
 
   `[shift1, scale1, gate1, shift2, scale2, gate2] = chunk6(adaLN_modulation(SiLU(c)))`,
   `x += gate1 * attn(norm1(x) * (1 + scale1) + shift1)`,

@@ -1,4 +1,4 @@
-"""Action-conditioned predictors of the world model (REFERENCE §3) and the proprio encoder.
+"""Action-conditioned predictors of the world model (docs/reference.md §3) and the proprio encoder.
 
 Every predictor has the same call (teacher-forced, frame-causal):
 
@@ -114,7 +114,7 @@ def _check_remat(remat: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class AdaLNConfig:
-  """AdaLN predictor (REFERENCE §3a); defaults are the paper's Wall config.
+  """AdaLN predictor (docs/reference.md §3a); defaults are the paper's Wall config.
 
   latent_dim: encoder width Dv. embed_dim: visual width E inside the predictor (None -> Dv);
   the token width is E + proprio_emb_dim. zero_init: AdaLN-zero (modulation weights 0).
@@ -156,7 +156,7 @@ class AdaLNPredictor(nn.Module):
   """JEPA-WM AdaLN predictor: actions condition every block through AdaLN; 3D RoPE; frame-causal.
 
   Tokens are the H*W patches of every frame (frame-major); RoPE positions (t, row, col) restart
-  at 0 for the window given. See REFERENCE §3a for every detail reproduced here. Proprio
+  at 0 for the window given. See docs/reference.md §3a for every detail reproduced here. Proprio
   embeddings may be given per frame `(B, T, Pe)` (repeated over the patches, as the reference's
   encoder output) or per patch `(B, T, H, W, Pe)` (fed-back predictions); the proprio output
   follows `config.proprio_readout`. The blocks run as one `lax.scan` (`layers.scan_blocks`).
@@ -223,7 +223,7 @@ class AdaLNPredictor(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class DinoWMConfig:
-  """DINO-WM feature-concatenation predictor (REFERENCE §3b); defaults = the paper baseline."""
+  """DINO-WM feature-concatenation predictor (docs/reference.md §3b); defaults = the paper baseline."""
   latent_dim: int = 384
   proprio_emb_dim: int = 10
   action_dim: int = 10
@@ -286,7 +286,7 @@ class DinoWMPredictor(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class VJEPA2ACConfig:
-  """V-JEPA 2-AC predictor (REFERENCE §3c). DROID: latent 1408, embed 1024, depth 24, 16 heads."""
+  """V-JEPA 2-AC predictor (docs/reference.md §3c). DROID: latent 1408, embed 1024, depth 24, 16 heads."""
   latent_dim: int = 384
   embed_dim: int = 384
   proprio_emb_dim: int = 16

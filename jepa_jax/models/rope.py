@@ -1,6 +1,6 @@
 """3D rotary position embedding (RoPE) over (frame, row, column) token positions.
 
-Used by the V-JEPA 2 encoder, the AdaLN (JEPA-WM) and V-JEPA 2-AC predictors (REFERENCE §3a):
+Used by the V-JEPA 2 encoder, the AdaLN (JEPA-WM) and V-JEPA 2-AC predictors (docs/reference.md §3a):
 
 * Each head of width `head_dim` is split into three rotated slices of width
   `d = axis_dim(head_dim) = 2 * ((head_dim // 3) // 2)`: dims `[0, d)` rotate by the frame index,

@@ -1,4 +1,4 @@
-"""Cross-entropy method (CEM) planner, as in the reference (REFERENCE.md section 5).
+"""Cross-entropy method (CEM) planner, as in the reference (docs/reference.md §5).
 
 A plan is a sequence of normalised model actions `(H, A)`. Each iteration samples `N`
 sequences from a diagonal Gaussian, forces sample 0 to be the current mean, optionally clips

@@ -1,7 +1,7 @@
 """Stage-3 settings and the planner registry.
 
 `PlanningConfig` is the `planning` section of an experiment config; its defaults are the
-reference protocol of the paper's Table 1 (REFERENCE.md section 5): CEM 300 x 30, 10 elites,
+reference protocol of the paper's Table 1 (docs/reference.md §5): CEM 300 x 30, 10 elites,
 horizon 6, the whole episode as one open-loop plan (`num_execute = horizon`), no warm start,
 the 96 seeded reference episodes.
 """

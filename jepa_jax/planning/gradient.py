@@ -5,7 +5,7 @@ initialisation (`var_scale = 0` is its "zero" one); no clip before the first ste
 reference. Each step: `g = d cost / d actions`; `actions <- actions + optimiser_update(g)`
 (plain `-lr * g` for 'gd', Adam for 'adam'); then `actions += noise_std * N(0, 1)`; then the
 optional box clip. The reference's "Adam" planner never steps its optimiser, so its behaviour is
-'gd' (500 steps, lr 1, noise 0.003, REFERENCE.md section 5); 'adam' is the real thing, with the
+'gd' (500 steps, lr 1, noise 0.003, docs/reference.md §5); 'adam' is the real thing, with the
 betas the reference declares (0.9, 0.995).
 
 A step whose cost or gradient is not finite is skipped (actions and optimiser state unchanged)

@@ -1,4 +1,4 @@
-"""MPPI planner: CEM's sampling loop with weighted elites (REFERENCE.md section 5).
+"""MPPI planner: CEM's sampling loop with weighted elites (docs/reference.md §5).
 
 Refit, as the reference's `MPPIPlanner`: over the K cheapest samples, weights
 `w_k = exp(T * (min_cost - c_k))` normalised to sum 1, then

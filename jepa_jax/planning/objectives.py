@@ -1,4 +1,4 @@
-"""Planning objectives on predicted latents (REFERENCE.md section 5).
+"""Planning objectives on predicted latents (docs/reference.md §5).
 
 Reference objective: L2 = mean over all latent elements of `(goal - pred_H)^2` on the final
 predicted latent only (L1 uses `|.|`); with proprioception,

@@ -9,7 +9,7 @@ checks the planners and the evaluation protocol without any learned model.
 `cost='pixels'` scores the final state's rendered frame against the goal's instead (mean
 squared difference of `[0, 1]` RGB at `image_size`): the true dynamics with the objective of a
 latent that only re-encodes the pixels, i.e. the most a perfect world model could plan with
-such a latent (Push-T, README: 29 % against 71 % for the state cost at the same budget).
+such a latent (Push-T, docs/push_t.md: 29 % against 71 % for the state cost at the same budget).
 
 `cost='latent'` scores it with a trained world model's encoder and planning objective instead:
 the final state's rendered frame and proprio are encoded as the learned agent encodes its

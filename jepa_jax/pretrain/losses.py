@@ -1,4 +1,4 @@
-"""V-JEPA losses: L1 between predicted and LayerNorm-ed target features (REFERENCE §1)."""
+"""V-JEPA losses: L1 between predicted and LayerNorm-ed target features (docs/reference.md §1)."""
 
 from typing import Sequence
 

@@ -5,7 +5,7 @@ A clip is tokenised into a grid of `(T', H', W')` tubelet tokens, flattened row-
 One *mask group* places `num_blocks` boxes on that grid; each box covers a fraction
 `spatial_scale` of the `H' x W'` plane with aspect ratio (height / width) drawn from
 `aspect_ratio`, and `round(temporal_scale * T')` consecutive tubelets. The *target* of the
-group is the union of its boxes; the *context* is the complement (REFERENCE §1).
+group is the union of its boxes; the *context* is the complement (docs/reference.md §1).
 
 Predictive ("causal") groups, `context_frames = k > 0` (V-JEPA's causal multi-block masks with
 `max_temporal_keep`): the context is every token of the first k tubelets and the boxes are

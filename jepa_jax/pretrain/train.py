@@ -1,5 +1,5 @@
 """Stage 1: V-JEPA pretraining of the ViT encoder on an environment's trajectory clips
-(REFERENCE §1).
+(docs/reference.md §1).
 
 One optimisation step (`make_train_step`), for a batch of clips `(B, T, S, S, 3)` uint8 with
 multi-block masks made in the data pipeline (`masks.MultiBlockMaskTransform`):
@@ -67,8 +67,8 @@ from jepa_jax.representation import sigreg as sigreg_lib
 from jepa_jax.representation import standardise
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# 'vjepa': REFERENCE §1; 'vjepa_sigreg': plus sigreg_weight * SIGReg of the context encoder's
-# output tokens (REFERENCE §9). The end-to-end 'lewm' objective lives in jepa_jax.lewm.
+# 'vjepa': docs/reference.md §1; 'vjepa_sigreg': plus sigreg_weight * SIGReg of the context encoder's
+# output tokens (docs/reference.md §9). The end-to-end 'lewm' objective lives in jepa_jax.lewm.
 OBJECTIVES = ('vjepa', 'vjepa_sigreg')
 SIGREG_SAMPLES = ('tokens', 'frames')
 
@@ -423,7 +423,7 @@ def make_frame_encoder(models: Models, cfg: PretrainConfig, mesh: jax.sharding.M
                        ) -> Callable[[Any, np.ndarray], jax.Array]:
   """Jitted `(encoder_params, frames uint8 (B, S, S, 3)) -> (B, 1, H', W', D)` tokens.
 
-  Each frame is a duplicated clip of `tubelet_size` frames (REFERENCE §1), as in stage 2.
+  Each frame is a duplicated clip of `tubelet_size` frames (docs/reference.md §1), as in stage 2.
   Params may be sharded on `mesh`; the output is replicated so every host can read it.
   """
   vit_config = models.vit_config

@@ -89,7 +89,7 @@ def encode_frames(encode: Encoder, frames: np.ndarray, batch_size: int = 256) ->
 
 
 def cost_landscape(latents: np.ndarray, goal_latent: np.ndarray) -> np.ndarray:
-  """Planning cost (mean squared difference over all latent elements, REFERENCE §5) of each
+  """Planning cost (mean squared difference over all latent elements, docs/reference.md §5) of each
   `(N, F)` latent to the `(F,)` goal latent: `(N,)` float64."""
   diff = np.asarray(latents, np.float64) - np.asarray(goal_latent, np.float64)
   return np.mean(np.square(diff), axis=-1)

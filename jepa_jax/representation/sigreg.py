@@ -1,4 +1,4 @@
-"""SIGReg: sketched isotropic-Gaussian regulariser of LeJEPA / LeWorldModel (REFERENCE §9).
+"""SIGReg: sketched isotropic-Gaussian regulariser of LeJEPA / LeWorldModel (docs/reference.md §9).
 
 Embeddings are pushed towards an isotropic standard Gaussian, which rules out collapse without
 an EMA target or a stop-gradient. The test is the Epps-Pulley statistic on random 1-D

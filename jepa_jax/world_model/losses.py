@@ -1,4 +1,4 @@
-"""Stage-2 losses: teacher forcing plus the multistep ("2roll") rollout loss (REFERENCE §4).
+"""Stage-2 losses: teacher forcing plus the multistep ("2roll") rollout loss (docs/reference.md §4).
 
 Everything here is written against a `predict_fn(z, actions, pe, rng) -> (z_next, pe_next)` with
   z (B, T, h, w, D) visual latents, actions (B, T, A) normalised model actions,

@@ -44,7 +44,7 @@ def broadcast_proprio(pe, like):
 
 
 def sliding_window_unroll(predict_fn, z0, pe0, actions):
-  """Open-loop unroll with the reference's sliding context window of 2 frames (REFERENCE §5).
+  """Open-loop unroll with the reference's sliding context window of 2 frames (docs/reference.md §5).
 
   Step 0 feeds (z0, a_0) and predicts frame 1; step h >= 1 feeds the last two latents
   (true or predicted) with actions (a_{h-1}, a_h) and keeps only the newest output.

@@ -1,4 +1,4 @@
-"""Stage-2 training: an action-conditioned predictor on top of a frozen encoder (REFERENCE §4).
+"""Stage-2 training: an action-conditioned predictor on top of a frozen encoder (docs/reference.md §4).
 
 `train(config, workdir, data_dir, encoder_path)` restores the frozen encoder export, builds the
 predictor chosen by `config.world_model`, trains it with the teacher-forcing + "2roll" objective
@@ -38,7 +38,7 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class WorldModelConfig:
-  """The `world_model` section of an experiment config; defaults are the paper's (REFERENCE §4).
+  """The `world_model` section of an experiment config; defaults are the paper's (docs/reference.md §4).
 
   predictor: 'adaln' (default), 'adaln_zero', 'dino_wm' or 'vjepa2_ac'.
   predictor_config: keys of that predictor's config dataclass (depth, num_heads, embed_dim, ...);

@@ -2,7 +2,7 @@
 
 One benchmark = one predictor size and planner budget (`BenchSpec`). The same randomly
 initialised weights (reference init) run in both implementations: the torch baseline
-(`torch_reference`, REFERENCE.md 3a and 5) owns them and our converter
+(`torch_reference`, docs/reference.md §3a and §5) owns them and our converter
 (`jepa_jax.convert.convert_reference_predictor`) turns its state dict into our pytree, so both
 planners evaluate the same predictor. A parity line checks once that both give the same cost
 for the same action batch.
@@ -208,7 +208,7 @@ def make_models(spec: BenchSpec, seed: int = 0, init_std: float = 0.02):
   same weights: the torch state dict converted by our reference-checkpoint converter.
   init_std: std of the Linear weights (the reference's 0.02; tests use larger ones)."""
   torch = import_torch()
-  from jepa_jax.planning import torch_reference  # pylint: disable=g-import-not-at-top
+  from jepa_jax.diagnostics import torch_reference  # pylint: disable=g-import-not-at-top
   config = spec.predictor_config()
   torch.manual_seed(seed)
   reference = torch_reference.AdaLNPredictor(
@@ -263,7 +263,7 @@ def torch_unroll_fn(reference, state: dict, dtype: str = 'float32'):
   """`unroll(actions (N, Hz, A) torch) -> (z, pe)` of the torch baseline from `state`
   (numpy/jax {'z', 'pe'}), broadcast over the N candidates; bf16 autocast for 'bfloat16'."""
   torch = import_torch()
-  from jepa_jax.planning import torch_reference  # pylint: disable=g-import-not-at-top
+  from jepa_jax.diagnostics import torch_reference  # pylint: disable=g-import-not-at-top
   state = _torch_tensors(torch, reference, state)
   z0, pe0 = state['z'], state['pe']
   device_type = z0.device.type
@@ -282,7 +282,7 @@ def torch_cost_fn(reference, state: dict, goal: dict, proprio_weight: float = 0.
                   dtype: str = 'float32'):
   """`cost(actions (N, H, A) torch) -> (N,)` of the torch baseline from numpy/jax states."""
   torch = import_torch()
-  from jepa_jax.planning import torch_reference  # pylint: disable=g-import-not-at-top
+  from jepa_jax.diagnostics import torch_reference  # pylint: disable=g-import-not-at-top
   unroll = torch_unroll_fn(reference, state, dtype)
   goal = _torch_tensors(torch, reference, goal)
   return lambda actions: torch_reference.latent_cost(*unroll(actions), goal['z'], goal['pe'],
@@ -375,7 +375,7 @@ def torch_planner(spec: BenchSpec, reference, seed: int = 0, threads: Optional[i
   info: device, threads (`threads` intra-op threads, default the available cores) and a
   `peak_gb()` reader (CUDA `max_memory_allocated` since the warm-up; NaN on a CPU)."""
   torch = import_torch(threads or available_cores())
-  from jepa_jax.planning import torch_reference  # pylint: disable=g-import-not-at-top
+  from jepa_jax.diagnostics import torch_reference  # pylint: disable=g-import-not-at-top
   device = torch_device(torch)
   reference = reference.to(device)
   ks, kg = jax.random.split(jax.random.PRNGKey(seed))

@@ -1,11 +1,11 @@
-"""PyTorch baseline of the planning hot path, written from REFERENCE.md sections 3a and 5.
+"""PyTorch baseline of the planning hot path, written from docs/reference.md §3a and §5.
 
-It is what `jepa_jax` is timed against (`jepa_jax.planning.benchmark`): the reference AdaLN
+It is what `jepa_jax` is timed against (`jepa_jax.diagnostics.benchmark`): the reference AdaLN
 predictor (3D RoPE with the reference's table-layout quirk, AdaLN modulation from the actions,
 frame-causal mask, proprio embedding concatenated on channels) and the reference CEM loop
 (sample 0 = mean, top-k elites, unbiased std, sliding context window of 2 in the unroll, L2 on
 the final predicted latent + 0.1 x proprio). Parameter names follow the reference checkpoints
-(REFERENCE section 8), so `state_dict()` converts to our pytree with
+(docs/reference.md §8), so `state_dict()` converts to our pytree with
 `jepa_jax.convert.convert_reference_predictor` and both implementations run the same weights.
 
 Written for speed the way the reference is (`F.scaled_dot_product_attention` with a boolean
@@ -29,7 +29,7 @@ PROPRIO_READOUTS = ('per_patch', 'first_patch')
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
-  """Truncated normal with absolute bounds +-2 (REFERENCE 3a init)."""
+  """Truncated normal with absolute bounds +-2 (docs/reference.md §3a init)."""
   return nn.init.trunc_normal_(tensor, std=std, a=-2.0, b=2.0)
 
 
@@ -123,7 +123,7 @@ class AdaLNBlock(nn.Module):
 
 
 class AdaLNPredictor(nn.Module):
-  """The reference AdaLN predictor (REFERENCE 3a), reference init.
+  """The reference AdaLN predictor (docs/reference.md §3a), reference init.
 
   forward(latents (B, T, H, W, Dv), actions (B, T, A), proprio_emb (B, T, Pe) broadcast over
   the patches, or (B, T, H, W, Pe) per patch, or None when proprio_emb_dim = 0)
@@ -205,7 +205,7 @@ class AdaLNPredictor(nn.Module):
 
 
 def sliding_window_unroll(predictor: Callable, z0, pe0, actions):
-  """REFERENCE 5 unroll: step 0 feeds (z0, a_0); step h >= 1 feeds the last two latents (true
+  """docs/reference.md §5 unroll: step 0 feeds (z0, a_0); step h >= 1 feeds the last two latents (true
   or predicted) with (a_{h-1}, a_h) and keeps only the newest prediction.
 
   z0 (N, H, W, Dv), pe0 (N, Pe) | (N, H, W, Pe) | None, actions (N, Hz, A)
@@ -229,7 +229,7 @@ def sliding_window_unroll(predictor: Callable, z0, pe0, actions):
 
 
 def latent_cost(z, pe, goal_z, goal_pe, proprio_weight: float = 0.1):
-  """REFERENCE 5 objective, `(N,)`: mean squared error of the final predicted latent to the
+  """docs/reference.md §5 objective, `(N,)`: mean squared error of the final predicted latent to the
   goal latent `(H, W, Dv)`, plus `proprio_weight` x that of the final proprio prediction to
   the goal embedding `(Pe,)` (broadcast over patches when the prediction is per patch)."""
   cost = (z[:, -1] - goal_z).square().flatten(1).mean(1)
@@ -241,7 +241,7 @@ def latent_cost(z, pe, goal_z, goal_pe, proprio_weight: float = 0.1):
 def cem_plan(cost_fn: Callable, horizon: int, action_dim: int, num_samples: int,
              num_iters: int, num_elites: int, var_scale: float = 1.0,
              generator: Optional[torch.Generator] = None, device='cpu'):
-  """REFERENCE 5 CEM: mean 0, std `var_scale`; per iteration N Gaussian samples with sample 0
+  """docs/reference.md §5 CEM: mean 0, std `var_scale`; per iteration N Gaussian samples with sample 0
   = the mean, costs `cost_fn(samples (N, Hz, A)) -> (N,)`, the K cheapest refit mean and the
   unbiased std (momentum 0). Returns the final mean `(Hz, A)`."""
   mean = torch.zeros(horizon, action_dim, device=device)

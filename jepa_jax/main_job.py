@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 from absl import logging
 
 from jepa_jax import config_diff, console, envs, layout, outputs, provenance
-from jepa_jax.data import trajectories
+from jepa_jax.data import pipeline, trajectories
 from jepa_jax.lewm import train as lewm_train
 from jepa_jax.planning import confidence
 from jepa_jax.planning import run as planning_run
@@ -46,8 +46,8 @@ STAGE_LABELS = {'data': 'data', 'pretrain': 'stage 1 (encoder)',
 STAGE_SECTIONS = {
     'data': ('env', 'seed', 'data'),
     'pretrain': ('method', 'encoder_source', 'encoder_export', 'encoder', 'pretrain'),
-    'world_model': ('world_model',),
-    'lewm': ('method', 'lewm'),
+    'world_model': ('labeled_fraction', 'world_model'),
+    'lewm': ('method', 'labeled_fraction', 'lewm'),
     'planning': ('planning', 'planning_extra'),
 }
 # Settings that never change a stage's results (how often it logs or saves, how many steps
@@ -72,6 +72,7 @@ def check_config(config) -> None:
   envs.get(config.env)
   layout.check_method(config.method)
   trajectories.as_data_config(config.data)
+  pipeline.labeled_trajectories(config)
   if is_end_to_end(config):
     lewm_train.as_lewm_config(config.lewm)
   elif config.encoder_source not in ENCODER_SOURCES:
@@ -347,6 +348,7 @@ def summarise(config, stages: dict) -> dict:
       seed=config.seed,
       method=config.method,
       objective=job_objective(config),
+      labeled_fraction=float(config.get('labeled_fraction', 1.0)),
       encoder={k: v for k, v in measured.items() if isinstance(v, (int, float))
                and k.startswith(('geometry_', 'probe_error', 'latent_distance_spearman'))},
       rollout_error=world_model['rollout_error']['visual_mean'],
@@ -404,6 +406,7 @@ def format_summary(summary: dict) -> str:
       *((f'encoder: {k}' + (f' ({unit})' if 'probe_error' in k else ''),
          f'{encoder[k]:.3g}   (random init {encoder[k + "_random_encoder"]:.3g})')
         for k in sorted(encoder) if k + '_random_encoder' in encoder),
+      ('action labels', f"{summary['labeled_fraction']:.0%} of the training trajectories"),
       ('rollout latent error', f"{summary['rollout_error']:.4g}"
        f"   (constant latent {summary['rollout_error_constant_baseline']:.4g})"),
       (f"{summary['env']} success ({summary['episodes']} {summary['episode_set']} episodes)",

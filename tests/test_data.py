@@ -8,6 +8,7 @@ import os
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -292,3 +293,19 @@ def test_damaged_dataset_is_named_and_repaired(dataset, tmp_path):
   assert trajectories.generate(data_dir, 'wall', DATA, SEED) == path
   np.testing.assert_array_equal(trajectories.load_trajectories(path, 'train')['actions'],
                                 expected)
+
+
+def test_labeled_loader_reads_exactly_the_first_trajectories(dataset, train):
+  # labeled_fraction 0.25 of 8 training trajectories = the first 2; every clip of them, no other.
+  config = ml_collections.ConfigDict(dict(data=DATA, labeled_fraction=0.25))
+  assert pipeline.labeled_trajectories(config) == 2
+  assert pipeline.labeled_trajectories(config, 'validation') == DATA['num_validation_trajectories']
+  clips = all_clips(loader(dataset, num_epochs=1, batch_size=1, drop_remainder=False,
+                           num_trajectories=pipeline.labeled_trajectories(config)))
+  expected = expected_clips(train, stats_lib.load_stats(dataset))
+  def state_ids(states):  # a clip's 4 states identify its trajectory and start
+    return sorted(s.astype(np.float32).tobytes() for s in states)
+  assert state_ids(clips['states']) == state_ids(expected['states'][:2 * STARTS])
+  config.labeled_fraction = 1.5
+  with pytest.raises(ValueError, match=r'labeled_fraction=1.5 must be in \(0, 1\]'):
+    pipeline.labeled_trajectories(config)

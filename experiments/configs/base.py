@@ -54,6 +54,9 @@ def get_config(env: str, variant: str) -> ml_collections.ConfigDict:
   config.encoder_source = 'export' if variant == 'paper' else 'pretrain'
   config.encoder_export = ''
   config.data = _section(trajectories.DataConfig())
+  # The fraction of training trajectories with action labels: stage 1 reads every trajectory's
+  # frames, stage 2 and LeWM the labelled ones only (data.pipeline.labeled_trajectories).
+  config.labeled_fraction = 1.0
   config.encoder = ml_collections.ConfigDict(dict(
       preset='small', image_size=224, patch_size=16, tubelet_size=2, pos_embed='rope3d'))
   # The paper's V-JEPA 2 style stage 1 (used by `paper_vjepa`).

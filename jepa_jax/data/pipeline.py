@@ -73,12 +73,30 @@ def _transform_seed(seed: int, shard_index: int, position: int) -> int:
   return int(np.random.SeedSequence([seed, shard_index, position]).generate_state(1)[0])
 
 
+def labeled_trajectories(config: Any, split: str = 'train') -> int:
+  """How many of the split's trajectories carry action labels: the first
+  `config.labeled_fraction` of the training split (at least one); every validation trajectory.
+
+  Stage 1 trains on the frames of every trajectory; stage 2 and LeWM, which read actions,
+  train on these only (the label-efficiency setting). The dataset's action normalisation
+  statistics still come from the whole training split.
+  """
+  data_cfg = trajectories.as_data_config(config.data)
+  fraction = float(config.get('labeled_fraction', 1.0))
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'labeled_fraction={fraction} must be in (0, 1] (the fraction of training '
+                     'trajectories with action labels)')
+  if split != 'train':
+    return data_cfg.num_trajectories(split)
+  return max(1, round(fraction * data_cfg.num_train_trajectories))
+
+
 def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frames: int,
                      frameskip: int, seed: int, shuffle: bool = True,
                      num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
                      extra_transforms: Sequence[Any] = (), drop_remainder: bool = True,
-                     worker_count: int = 0, read_threads: int = 2
-                     ) -> grain.DatasetIterator:
+                     worker_count: int = 0, read_threads: int = 2,
+                     num_trajectories: int | None = None) -> grain.DatasetIterator:
   """Checkpointable iterator over batches of clips.
 
   Args:
@@ -95,6 +113,8 @@ def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frame
     worker_count: grain worker processes (0 = read in this process, with `read_threads`
       prefetch threads). Workers read grain's absl flags, so they need parsed flags (any
       absl app has them; elsewhere call `absl.flags.FLAGS.mark_as_parsed()`).
+    num_trajectories: only the split's first this many trajectories (None: all), e.g. the
+      action-labelled part (`labeled_trajectories`).
 
   Returns:
     Iterator of {'observations': uint8 (B, T, S, S, 3), 'actions': f32 (B, T, frameskip*A),
@@ -110,13 +130,14 @@ def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frame
   builder = trajectories.open_builder(dataset_dir)
   num_starts = num_clip_starts(trajectories.trajectory_length(builder), num_frames, frameskip)
   source = builder.as_data_source(split)
-  per_shard = len(source) * num_starts // shard_count
+  used = len(source) if num_trajectories is None else min(int(num_trajectories), len(source))
+  per_shard = used * num_starts // shard_count
   if per_shard < (batch_size if drop_remainder else 1):
     raise ValueError(
         f'shard {shard_index}/{shard_count} of split {split!r} has {per_shard} clips, fewer '
         f'than batch_size={batch_size}; use a smaller batch or more trajectories')
 
-  dataset = grain.MapDataset.range(len(source) * num_starts)
+  dataset = grain.MapDataset.range(used * num_starts)
   dataset = dataset[shard_index::shard_count][:per_shard]
   if shuffle:
     dataset = dataset.shuffle(seed=seed)

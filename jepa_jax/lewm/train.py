@@ -250,7 +250,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
     return pipeline.make_clip_loader(
         dataset_dir, 'train', batch_size=per_host, num_frames=num_frames,
         frameskip=data_cfg.frameskip, seed=int(config.seed), shard_index=shard_index,
-        shard_count=shard_count)
+        shard_count=shard_count, num_trajectories=pipeline.labeled_trajectories(config))
 
   kept = {}
 
@@ -306,6 +306,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
       'steps_per_sec': result.loop.steps_per_sec,
       'total_seconds': time.time() - start_time,
       'latent_grid': list(model.encoder.config.grid),
+      'labeled_trajectories': pipeline.labeled_trajectories(config),
       'model_path': os.path.join(workdir, 'model'),
   }
   outputs.write_json(os.path.join(workdir, 'summary.json'), summary)

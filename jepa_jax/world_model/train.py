@@ -215,7 +215,7 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
     return pipeline.make_clip_loader(
         dataset_dir, 'train', batch_size=per_host, num_frames=num_frames,
         frameskip=data_cfg.frameskip, seed=config.seed, shard_index=shard_index,
-        shard_count=shard_count)
+        shard_count=shard_count, num_trajectories=pipeline.labeled_trajectories(config))
 
   def eval_fn(state, step):
     mesh, shard_count = placed['mesh'], jax.process_count()
@@ -261,6 +261,7 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
       'final_train_metrics': result.metrics,
       'eval_horizon': cfg.eval_horizon,
       **validate.summary_entries(last_eval['result']),
+      'labeled_trajectories': pipeline.labeled_trajectories(config),
       'model_path': model_dir,
   }
   outputs.write_json(os.path.join(workdir, 'summary.json'), summary)

@@ -27,13 +27,14 @@ attention blocks, candidate chunks) stay out of TPU programs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import math
 import os
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -443,16 +444,31 @@ def _needed_bytes(message: str) -> float | None:
   return float(match.group(1)) * _SIZE_UNITS[match.group(2)] if match else None
 
 
-def _device_bytes(args: Any, shardings: Any) -> float:
+def device_bytes(args: Any, shardings: Any) -> float:
   """Bytes one device holds of `args` laid out by `shardings` (matching pytrees)."""
   return float(sum(math.prod(where.shard_shape(arg.shape)) * np.dtype(arg.dtype).itemsize
                    for arg, where in zip(jax.tree_util.tree_leaves(args),
                                          jax.tree_util.tree_leaves(shardings))))
 
 
-def _global_bytes(args: Any) -> float:
+def global_bytes(args: Any) -> float:
+  """Bytes of `args` (arrays or ShapeDtypeStructs) over the whole slice."""
   return float(sum(math.prod(arg.shape) * np.dtype(arg.dtype).itemsize
                    for arg in jax.tree_util.tree_leaves(args)))
+
+
+@contextlib.contextmanager
+def no_persistent_cache() -> Iterator[None]:
+  """Compiles inside are not written to JAX's persistent compilation cache (when one is set,
+  e.g. by the tests): a TPU executable cannot be loaded back on a host without TPU chips, so a
+  later run would warn and compile again. (Whether the cache is used at all is decided once
+  per process; the minimum compile time to write an entry is read at every write.)"""
+  minimum = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', float('inf'))
+  try:
+    yield
+  finally:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', minimum)
 
 
 def compile_program(program: Program, topo: Topology, mesh: jax.sharding.Mesh) -> Report:
@@ -467,24 +483,25 @@ def compile_program(program: Program, topo: Topology, mesh: jax.sharding.Mesh) -
   common = dict(
       program=program.name, topology=topo.name, devices=len(topo.devices), chips=topo.num_chips,
       hosts=topo.num_hosts, mesh=dict(mesh.shape), hbm_bytes=topo.hbm_per_device,
-      param_bytes_total=_global_bytes(params), flops=flops,
+      param_bytes_total=global_bytes(params), flops=flops,
       roofline_s=flops / topo.flops_per_device, work=program.work, unit=program.unit,
       remedy=program.remedy)
   try:
-    compiled = lowered.compile()
+    with no_persistent_cache():
+      compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except  # XLA raises JaxRuntimeError
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if 'RESOURCE_EXHAUSTED' not in message:
       raise ValueError(f'{program.name}: the TPU compiler rejected the program for {topo.name} '
                        f'({message})') from None
-    return Report(**common, param_bytes=_device_bytes(params, jax.tree_util.tree_map(
+    return Report(**common, param_bytes=device_bytes(params, jax.tree_util.tree_map(
         lambda arg: arg.sharding, params)), temp_bytes=None, total_bytes=_needed_bytes(message),
                   compile_s=time.perf_counter() - start, fits=False, error=message)
   memory = compiled.memory_analysis()
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
            - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   in_shardings = compiled.input_shardings[0][:program.num_param_args]
-  return Report(**common, param_bytes=_device_bytes(params, in_shardings),
+  return Report(**common, param_bytes=device_bytes(params, in_shardings),
                 temp_bytes=float(memory.temp_size_in_bytes), total_bytes=float(total),
                 compile_s=time.perf_counter() - start, fits=total <= topo.hbm_per_device)
 

@@ -1,3 +1,4 @@
-"""Stage 1, V-JEPA pretraining: multi-block 3D masks (masks.py), the L1 loss on LayerNorm-ed
-targets (losses.py), the sharded train step and the stage entry `train(config, workdir,
-data_dir)` (train.py), and the linear probe of the frozen encoder (probe.py)."""
+"""Stage 1, V-JEPA pretraining on frames alone: multi-block and predictive 3D masks (masks.py),
+the L1 loss on LayerNorm-ed targets (losses.py), and the sharded train step and the stage entry
+`train(config, workdir, data_dir)` (train.py). The probes, geometry, SIGReg and batch
+standardisation it shares with LeWM live in `jepa_jax.representation`."""

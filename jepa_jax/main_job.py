@@ -403,7 +403,8 @@ def format_summary(summary: dict) -> str:
   encoder = summary['encoder']
   unit = summary['distance_unit']
   rows = [
-      *((f'encoder: {k}' + (f' ({unit})' if 'probe_error' in k else ''),
+      # Position probes read in the env's unit; the angle probe is relative (1 = the mean's error).
+      *((f'encoder: {k}' + (f' ({unit})' if 'probe_error' in k and 'angle' not in k else ''),
          f'{encoder[k]:.3g}   (random init {encoder[k + "_random_encoder"]:.3g})')
         for k in sorted(encoder) if k + '_random_encoder' in encoder),
       ('action labels', f"{summary['labeled_fraction']:.0%} of the training trajectories"),

@@ -9,9 +9,9 @@ A job directory holds one folder per stage of its method (`stages(method)`); eve
 
 import os
 
-METHODS = ('three_stage', 'lewm')
 _STAGES = {'three_stage': ('data', 'pretrain', 'world_model', 'planning'),
            'lewm': ('data', 'lewm', 'planning')}
+METHODS = tuple(_STAGES)
 ENCODER_EXPORT = os.path.join('pretrain', 'encoder')
 
 

@@ -334,8 +334,9 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
                                    token_indices=group['context_idx'])
     if cfg.standardise:
       context = standardise.batch_normalise(context)[0]
-    contexts.append(regulariser_samples(context, group['context_idx'], models.grid,
-                                        models.mask_groups[g], cfg.sigreg_samples))
+    if cfg.objective == 'vjepa_sigreg':
+      contexts.append(regulariser_samples(context, group['context_idx'], models.grid,
+                                          models.mask_groups[g], cfg.sigreg_samples))
     out = models.predictor.apply({'params': params['predictor']}, context,
                                  group['context_idx'], group['target_idx'], models.grid,
                                  mask_index=g, return_context=cfg.dense_loss)

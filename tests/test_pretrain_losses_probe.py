@@ -29,6 +29,32 @@ def test_masked_prediction_loss_matches_float64_loop():
   np.testing.assert_allclose(float(got), np.mean(per_group), rtol=1e-5)
 
 
+def test_context_distance_weights_match_float64_loop():
+  """1 / sqrt(distance to the nearest target token) on a (2, 3, 4) grid, against a loop."""
+  grid = (2, 3, 4)
+  rng = np.random.default_rng(0)
+  context, target = [], []
+  for _ in range(3):
+    order = rng.permutation(np.prod(grid))
+    context.append(np.sort(order[:9]))
+    target.append(np.sort(order[9:14]))
+  context, target = np.array(context), np.array(target)
+  weights = np.asarray(losses.context_distance_weights(context, target, grid))
+  expected = np.zeros(context.shape)
+  for b in range(context.shape[0]):
+    for k, c in enumerate(context[b]):
+      distances = [np.linalg.norm(np.subtract(np.unravel_index(c, grid),
+                                              np.unravel_index(t, grid), dtype=np.float64))
+                   for t in target[b]]
+      expected[b, k] = 1.0 / np.sqrt(min(distances))
+  np.testing.assert_allclose(weights, expected, rtol=1e-6)
+  # Weighted L1: the mean over tokens of weight x per-token mean |error|.
+  predictions, targets = rng.normal(size=(3, 9, 5)), rng.normal(size=(3, 9, 5))
+  np.testing.assert_allclose(
+      losses.weighted_l1_loss(predictions, targets, weights),
+      np.mean(weights * np.abs(predictions - targets).mean(-1)), rtol=1e-5)
+
+
 @pytest.mark.parametrize('num_samples,num_features', [(40, 5), (10, 30)])
 def test_ridge_fit_matches_augmented_lstsq(num_samples, num_features):
   rng = np.random.default_rng(2)

@@ -137,6 +137,22 @@ def test_dense_loss_adds_weighted_context_term():
                              (metrics['loss_group0'] + metrics['loss_group1']) / 2, rtol=1e-6)
 
 
+def test_dense_loss_ramps_in_between_its_steps():
+  """dense_ramp_steps=(1, 3): weight 0 at steps 0-1, half at 2, full from 3 on."""
+  config = small_config(dense_loss=True, dense_context_weight=0.5, dense_ramp_steps=(1, 3))
+  cfg = train_lib.as_pretrain_config(config.pretrain)
+  weights = [float(train_lib.dense_weight(cfg, jnp.int32(s))) for s in range(5)]
+  np.testing.assert_allclose(weights, [0.0, 0.0, 0.25, 0.5, 0.5])
+  mesh = sharding_lib.make_mesh({'data': 1, 'fsdp': 1}, devices=jax.devices()[:1])
+  models, _, state, step_fn = train_lib.sharded_setup(config, mesh)
+  _, metrics = step_fn(state, sharding_lib.shard_batch(fake_batch(models, 8), mesh))
+  metrics = jax.device_get(metrics)
+  assert metrics['dense_weight'] == 0.0 and metrics['loss_context'] > 0
+  np.testing.assert_allclose(metrics['loss'], metrics['loss_masked'], rtol=1e-6)
+  with pytest.raises(ValueError, match='dense_ramp_steps'):
+    train_lib.as_pretrain_config({**config.pretrain.to_dict(), 'dense_ramp_steps': (3, 1)})
+
+
 class Preempted(Exception):
   pass
 

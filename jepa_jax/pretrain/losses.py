@@ -34,6 +34,37 @@ def l1_loss(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.abs(predictions.astype(jnp.float32) - targets.astype(jnp.float32)).mean()
 
 
+def weighted_l1_loss(predictions: jax.Array, targets: jax.Array, weights: jax.Array
+                     ) -> jax.Array:
+  """`l1_loss` with a weight per token: `(B, K, D)` x2, `(B, K)` -> scalar float32, the mean
+  over tokens of `weight * mean_D |pred - target|` (weights 1 give `l1_loss`)."""
+  per_token = jnp.abs(predictions.astype(jnp.float32) - targets.astype(jnp.float32)).mean(-1)
+  return (weights.astype(jnp.float32) * per_token).mean()
+
+
+def context_distance_weights(context_idx: jax.Array, target_idx: jax.Array,
+                             grid: tuple[int, int, int]) -> jax.Array:
+  """V-JEPA 2.1's weights of the dense loss's context tokens (docs/reference.md §10): each
+  visible token counts 1 / sqrt(d), d its Euclidean distance on the `(T', H', W')` token grid
+  (in tokens) to the nearest masked (target) token of its group, so tokens next to the mask
+  count most.
+
+  Args:
+    context_idx: int `(B, Kc)` flat token indices (row-major over `grid`).
+    target_idx: int `(B, Kt)`, disjoint from `context_idx` (so d >= 1).
+    grid: `(T', H', W')`.
+
+  Returns:
+    `(B, Kc)` float32 weights in (0, 1].
+  """
+  def coordinates(indices):
+    return jnp.stack(jnp.unravel_index(indices, grid), axis=-1).astype(jnp.float32)
+
+  offsets = coordinates(context_idx)[:, :, None] - coordinates(target_idx)[:, None]
+  squared = jnp.square(offsets).sum(-1).min(-1)  # (B, Kc) squared distance to the nearest
+  return squared ** -0.25
+
+
 def masked_prediction_loss(predictions: Sequence[jax.Array], targets: jax.Array,
                            target_indices: Sequence[jax.Array]) -> jax.Array:
   """V-JEPA loss: L1 at each group's target tokens, averaged over mask groups.

@@ -84,7 +84,9 @@ class PretrainConfig:
   `masks.MaskGroupSpec` fields; fixed counts from the `mask_count_quantile` quantile.
   Predictor: `predictor` dict of `MaskedPredictorConfig` fields (width, depth, num_heads, ...).
   Dense loss (V-JEPA 2.1): `dense_loss`, targets from encoder blocks `dense_target_layers`,
-  context-token term weighted by `dense_context_weight`. Objective: `objective` in OBJECTIVES,
+  context-token term (each token weighted by 1 / sqrt of its distance to the mask) weighted by
+  `dense_context_weight`, ramped in linearly from 0 at step `dense_ramp_steps[0]` to full at
+  `dense_ramp_steps[1]` (the reference: 15k -> 30k; (0, 0) = full from the start). Objective: `objective` in OBJECTIVES,
   SIGReg strength `sigreg_weight` on `sigreg_directions` random directions over
   `sigreg_samples` ('tokens' or per-tubelet pooled 'frames'). `target_gradient`: targets from
   the trained encoder, gradients through them (no EMA). `standardise`: context and target
@@ -114,6 +116,7 @@ class PretrainConfig:
   dense_loss: bool = False
   dense_target_layers: Sequence[int] = (-1,)
   dense_context_weight: float = 0.5
+  dense_ramp_steps: Sequence[int] = (0, 0)
   objective: str = 'vjepa'
   sigreg_weight: float = 0.1
   sigreg_directions: int = 256
@@ -157,6 +160,10 @@ class PretrainConfig:
       raise ValueError('pretrain.mask_groups is empty; give at least one mask group')
     if self.dense_loss and not self.dense_target_layers:
       raise ValueError('pretrain.dense_loss needs at least one dense_target_layers entry')
+    start, end = self.dense_ramp_steps
+    if not 0 <= start <= end:
+      raise ValueError(f'pretrain.dense_ramp_steps={tuple(self.dense_ramp_steps)} must be '
+                       '(start, end) with 0 <= start <= end (steps)')
 
 
 def as_pretrain_config(section: Any) -> PretrainConfig:
@@ -265,6 +272,14 @@ def _online(encoder_params: Any, cfg: PretrainConfig) -> Any:
   return standardise.frozen_output_norm(encoder_params) if cfg.standardise else encoder_params
 
 
+def dense_weight(cfg: PretrainConfig, step: jax.Array) -> jax.Array:
+  """Weight of the dense loss's context term at `step`: 0 before `dense_ramp_steps[0]`,
+  linear to `dense_context_weight` at `dense_ramp_steps[1]`, constant after."""
+  start, end = cfg.dense_ramp_steps
+  ramp = jnp.clip((step.astype(jnp.float32) - start) / max(end - start, 1), 0.0, 1.0)
+  return cfg.dense_context_weight * (ramp if end > start else 1.0)
+
+
 def regulariser_samples(context: jax.Array, context_idx: jax.Array, grid: tuple[int, int, int],
                         group: masks_lib.MaskGroupSpec, samples: str) -> jax.Array:
   """The samples SIGReg sees from one group's context features `(B, K, D)`.
@@ -307,8 +322,8 @@ def target_features(models: Models, cfg: PretrainConfig, target_params: Any,
 
 
 def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Sequence[dict],
-              models: Models, cfg: PretrainConfig, key: jax.Array | None = None
-              ) -> tuple[jax.Array, dict]:
+              models: Models, cfg: PretrainConfig, key: jax.Array | None = None,
+              step: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """V-JEPA loss of one batch (see module docstring).
 
   Args:
@@ -317,6 +332,7 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
     video: `(B, T, I, I, 3)` normalised clips.
     group_masks: per group `{'context_idx': (B, Kc_g), 'target_idx': (B, Kt_g)}` int32.
     key: draws SIGReg's directions ('vjepa_sigreg' only).
+    step: int32 scalar, the step the dense loss's ramp reads (`dense_loss` only).
 
   Returns:
     `(loss, aux)` with aux scalars: per-group losses and the collapse monitor
@@ -342,8 +358,10 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
                                  mask_index=g, return_context=cfg.dense_loss)
     if cfg.dense_loss:
       out, context_pred = out
-      context_terms.append(losses.l1_loss(
-          context_pred, losses.gather_tokens(targets, group['context_idx'])))
+      context_terms.append(losses.weighted_l1_loss(
+          context_pred, losses.gather_tokens(targets, group['context_idx']),
+          losses.context_distance_weights(group['context_idx'], group['target_idx'],
+                                          models.grid)))
     predictions.append(out)
     aux[f'loss_group{g}'] = losses.l1_loss(
         out, losses.gather_tokens(targets, group['target_idx']))
@@ -352,7 +370,8 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
   if cfg.dense_loss:
     aux['loss_masked'] = loss
     aux['loss_context'] = jnp.mean(jnp.stack(context_terms))
-    loss = loss + cfg.dense_context_weight * aux['loss_context']
+    aux['dense_weight'] = dense_weight(cfg, step)
+    loss = loss + aux['dense_weight'] * aux['loss_context']
   if cfg.objective == 'vjepa_sigreg':
     # Every context token of every group is one sample (over the global batch when sharded).
     aux['loss_jepa'] = loss
@@ -376,7 +395,7 @@ def make_train_step(models: Models, cfg: PretrainConfig, optimizer: optax.Gradie
     grad_fn = jax.value_and_grad(jepa_loss, has_aux=True)
     key = jax.random.fold_in(jax.random.PRNGKey(seed), state['step'])
     (loss, aux), grads = grad_fn(state['params'], state['target_encoder'], video,
-                                 batch['masks'], models, cfg, key)
+                                 batch['masks'], models, cfg, key, state['step'])
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     momentum = ema_momentum(cfg, state['step'])

@@ -12,9 +12,8 @@ import dataclasses
 from typing import Any, Callable, Tuple
 
 from jepa_jax import config_sections
-from jepa_jax.planning import cem, gradient, mppi, objectives, oracle
+from jepa_jax.planning import cem, episodes, gradient, mppi, objectives, oracle
 
-EPISODE_SETS = ('reference', 'random')
 # Planner fields every planner shares: the protocol's, set from the top level of `planning`.
 PROTOCOL_KEYS = ('horizon', 'num_execute', 'action_low', 'action_high')
 # planner -> (its sub-section of `planning`, plan function, config dataclass, fields of that
@@ -81,9 +80,9 @@ class PlanningConfig:
   def __post_init__(self):
     if self.planner not in PLANNERS:
       raise ValueError(f'planning.planner={self.planner!r} must be one of {tuple(PLANNERS)}')
-    if self.episode_set not in EPISODE_SETS:
+    if self.episode_set not in episodes.EPISODE_SETS:
       raise ValueError(f'planning.episode_set={self.episode_set!r} must be one of '
-                       f'{EPISODE_SETS}')
+                       f'{episodes.EPISODE_SETS}')
     if self.num_episodes < 1:
       raise ValueError(f'planning.num_episodes={self.num_episodes} must be >= 1')
     if self.episode_batch_size < 0:

@@ -48,8 +48,8 @@ def test_wall_through_gymnasium_is_the_jax_environment():
 
 def planning_config(**overrides):
   settings = dict(num_episodes=4, cem=dict(num_samples=16, num_iters=2, num_elites=2),
-                  horizon=2, num_execute=1, warm_start=True, shrink_horizon=False, episode_set='reference',
-                  num_gifs=1, episode_steps=10)
+                  horizon=2, num_execute=1, warm_start=True, shrink_horizon=False,
+                  episode_set='reference', num_gifs=1, episode_steps=10)
   return as_planning_config({**settings, **overrides})
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 
-from jepa_jax import config_diff, console, envs, layout, outputs, provenance
+from jepa_jax import config_diff, config_sections, console, envs, layout, outputs, provenance
 from jepa_jax.data import pipeline, trajectories
 from jepa_jax.lewm import train as lewm_train
 from jepa_jax.planning import confidence
@@ -215,9 +215,9 @@ def _run_locked(config, workdir: str, overwrite: bool, ablation: bool = False) -
 # (world model, planning overrides) of every ablation row, per encoder. 'no_proprio' is a world
 # model trained without proprioception; 'proprio' is the main job's (with it).
 ABLATION_ROWS = {
-    'pixels_only': ('no_proprio', dict(objective_proprio_weight=0.0)),
-    'visual_cost_only': ('proprio', dict(objective_proprio_weight=0.0)),
-    'proprio_only': ('proprio', dict(objective_visual_weight=0.0)),
+    'pixels_only': ('no_proprio', dict(objective=dict(proprio_weight=0.0))),
+    'visual_cost_only': ('proprio', dict(objective=dict(proprio_weight=0.0))),
+    'proprio_only': ('proprio', dict(objective=dict(visual_weight=0.0))),
     'pixels_and_proprio': ('proprio', {}),
 }
 
@@ -238,9 +238,8 @@ def run_ablation(config, workdir: str, data_dir: str, overwrite: bool) -> dict:
                      'plans on a frozen converted encoder (encoder_source=export)')
   root = os.path.join(workdir, 'ablation')
   protocol = config.ablation_protocol
-  base_planning = dict(config.planning)
-  if protocol != 'main':
-    base_planning.update(config.planning_extra[protocol])
+  base_planning = config_sections.merge(
+      config.planning, config.planning_extra[protocol] if protocol != 'main' else {})
   start = time.perf_counter()
   rows = {}
   for encoder_name in ('trained', 'random_encoder'):
@@ -249,7 +248,7 @@ def run_ablation(config, workdir: str, data_dir: str, overwrite: bool) -> dict:
               for name in ('proprio', 'no_proprio')}
     for row, (model_name, overrides) in ABLATION_ROWS.items():
       row_config = config.copy_and_resolve_references()
-      row_config.planning = {**base_planning, **overrides, 'num_gifs': 0}
+      row_config.planning = config_sections.merge(base_planning, {**overrides, 'num_gifs': 0})
       row_config.planning_extra = {}
       row_dir = os.path.join(root, encoder_name, f'planning_{row}')
       settings = {**stage_settings(row_config, 'planning'), 'world_model': models[model_name]}

@@ -76,8 +76,8 @@ if (( dry_run )); then  # a handful of steps: the dry run checks the commands, n
   smoke+=(--config.data.num_train_trajectories=16 --config.data.num_validation_trajectories=8
           --config.pretrain.num_steps=2 --config.pretrain.warmup_steps=1
           --config.world_model.num_steps=2
-          --config.planning.num_episodes=2 --config.planning.num_samples=16
-          --config.planning.num_iters=1)
+          --config.planning.num_episodes=2 --config.planning.cem.num_samples=16
+          --config.planning.cem.num_iters=1)
 fi
 rm -rf "$out/smoke"
 python -m experiments.run_pipeline --workdir="$out/smoke" "${smoke[@]}" 2>&1 \

@@ -74,8 +74,8 @@ CASES = [
      'no exported world model'),
     # Settings of a later stage are checked before the first stage starts.
     ('pipeline_bad_planner_budget', PIPELINE,
-     ['--config=experiments/configs/wall.py:paper_vjepa', '--config.planning.num_samples=8',
-      '--workdir={tmp}/job'], 'num_elites=10 must be in [2, num_samples=8]'),
+     ['--config=experiments/configs/wall.py:paper_vjepa', '--config.planning.cem.num_samples=8',
+      '--workdir={tmp}/job'], 'planning.cem: num_elites=10 must be in [2, num_samples=8]'),
     ('pipeline_paper_without_encoder', PIPELINE,
      ['--config=experiments/configs/wall.py:paper', '--workdir={tmp}/job'],
      '--config.encoder_export=DIR'),
@@ -154,4 +154,4 @@ def test_help_lists_variants_and_keys_and_exits_0():
                         text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert done.returncode == 0, done.stderr
   assert 'Variants: smoke, tiny, paper, paper_vjepa' in done.stdout
-  assert 'point_maze.py' in done.stdout and 'planning.num_samples' in done.stdout
+  assert 'point_maze.py' in done.stdout and 'planning.cem.num_samples' in done.stdout

@@ -47,9 +47,9 @@ def test_wall_through_gymnasium_is_the_jax_environment():
 
 
 def planning_config(**overrides):
-  settings = dict(num_episodes=4, num_samples=16, num_iters=2, num_elites=2, horizon=2,
-                  num_execute=1, warm_start=True, shrink_horizon=False, episode_set='reference',
-                  num_gifs=1, episode_steps=10)
+  settings = dict(num_episodes=4, cem=dict(num_samples=16, num_iters=2, num_elites=2),
+                  horizon=2, num_execute=1, warm_start=True, shrink_horizon=False,
+                  episode_set='reference', num_gifs=1, episode_steps=10)
   return as_planning_config({**settings, **overrides})
 
 
@@ -60,7 +60,7 @@ def test_external_loop_on_our_wall_matches_the_jitted_evaluation(tmp_path):
   model, params = tiny_world_model()
   planning = planning_config()
   wall = envs.get('wall')
-  agent = agent_lib.world_model_agent(model, params, planning.objective(), wall, image_size=32)
+  agent = agent_lib.world_model_agent(model, params, planning.objective, wall, image_size=32)
   jitted = evaluate.evaluate(wall, agent, planning, seed=0, measure_latency=False,
                              return_episodes=True)
   env = jax_gym.make('wall', render_size=65)   # frames resized to 32 px by the loop

@@ -399,8 +399,8 @@ def test_imported_dataset_trains_and_plans(tmp_path):
   config.lewm.update(num_steps=4, batch_size=8, log_every=2, checkpoint_every=4,
                      eval_batch_size=8, eval_num_batches=1, statistics_batches=1,
                      geometry_frames=32)
-  config.planning.update(num_episodes=2, num_samples=8, num_iters=2, num_elites=2, num_gifs=1,
-                         latency_repeats=1)
+  config.planning.update(num_episodes=2, num_gifs=1, latency_repeats=1)
+  config.planning.cem.update(num_samples=8, num_iters=2, num_elites=2)
   generated = trajectories.generate(str(tmp_path / 'generated'), 'wall', config.data, 0)
   original = {split: trajectories.load_trajectories(generated, split)
               for split in trajectories.SPLITS}

@@ -93,8 +93,8 @@ def test_ablation_trains_the_missing_cells_and_reuses_the_job_model(job):
 
 def test_bad_later_setting_fails_before_the_first_stage(tmp_path):
   bad = wall_configs.get_config('smoke')
-  bad.planning.num_samples = 4
-  with pytest.raises(ValueError, match='num_elites'):
+  bad.planning.cem.num_samples = 4
+  with pytest.raises(ValueError, match='planning.cem: num_elites'):
     main_job.run_job(bad, str(tmp_path / 'fresh'))
   assert not os.path.exists(tmp_path / 'fresh')
 

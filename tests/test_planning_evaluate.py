@@ -13,7 +13,7 @@ from jepa_jax.planning import evaluate, mpc, objectives, oracle
 from jepa_jax.planning.config import PlanningConfig
 
 ENV = wall.ENV
-SMALL = PlanningConfig(num_samples=16, num_iters=2, num_elites=4, latency_repeats=1,
+SMALL = PlanningConfig(cem=dict(num_samples=16, num_iters=2, num_elites=4), latency_repeats=1,
                        episode_set='random', num_episodes=8)
 
 
@@ -44,7 +44,7 @@ def test_open_loop_protocol_matches_env(single_device_run):
   _check_episodes(data, SMALL, oracle.oracle_agent(ENV))
   ci = single_device_run['success_ci']
   assert ci['low'] <= single_device_run['success_rate'] <= ci['high'] and ci['n'] == 8
-  # Random baseline: N(0, var_scale) normalised actions, same start.
+  # Random baseline: N(0, cem var_scale) normalised actions, same start.
   assert data['random_trajectory'].shape == (8, 31, 2)
   np.testing.assert_array_equal(data['random_trajectory'][:, 0], data['start'])
 
@@ -85,7 +85,7 @@ def test_sharded_and_batched_evaluation_equal_single_call(single_device_run):
 
 
 def test_no_retrace_across_seeds():
-  cfg = dataclasses.replace(SMALL, num_samples=4, num_elites=2, num_iters=1)
+  cfg = dataclasses.replace(SMALL, cem=dict(num_samples=4, num_elites=2, num_iters=1))
   run = mpc.compile_episodes(ENV, oracle.oracle_agent(ENV), cfg)
   for seed in range(3):
     keys = evaluate.episode_keys(seed, 2)
@@ -102,7 +102,7 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match='num_episodes'):
     PlanningConfig(num_episodes=0)
   with pytest.raises(ValueError, match='num_elites'):
-    PlanningConfig(num_samples=8)
+    PlanningConfig(cem=dict(num_samples=8))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,10 +42,10 @@ def export_tiny_world_model(path):
 def small_config():
   config = wall_configs.get_config('smoke')
   config.data.image_size = 32
-  config.planning.update(num_episodes=3, num_samples=8, num_iters=2, num_elites=2, num_gifs=1,
-                         latency_repeats=1)
+  config.planning.update(num_episodes=3, num_gifs=1, latency_repeats=1)
+  config.planning.cem.update(num_samples=8, num_iters=2, num_elites=2)
   config.planning_extra.mpc = dict(num_execute=3)
-  config.planning_extra.pixels_only = dict(objective_proprio_weight=0.0)
+  config.planning_extra.pixels_only = dict(objective=dict(proprio_weight=0.0))
   return config
 
 

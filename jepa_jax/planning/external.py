@@ -134,7 +134,7 @@ def run_external(world_model, env, episodes: Sequence[ExternalEpisode],
   planning = as_planning_config(planning)
   if not episodes:
     raise ValueError('no episodes to run')
-  agent = agent_lib.world_model_agent(model, params, planning.objective(), _Proprio,
+  agent = agent_lib.world_model_agent(model, params, planning.objective, _Proprio,
                                       image_size=image_size, chunk_size=planning.cost_chunk_size)
   steps = _resolve_steps(planning, env, episode_steps)
   config = dataclasses.replace(planning, episode_steps=steps)

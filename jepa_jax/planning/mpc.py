@@ -69,9 +69,9 @@ def plan_once(config: PlanningConfig, agent: Agent, params, latent, goal_latent,
 
 def random_policy_actions(config: PlanningConfig, agent: Agent, key: jax.Array,
                           model_steps: int) -> jax.Array:
-  """The random policy's normalised model actions `(model_steps, A)`, drawn like the planner's
-  initial distribution."""
-  return config.var_scale * jax.random.normal(key, (model_steps, agent.action_dim))
+  """The random policy's normalised model actions `(model_steps, A)`: N(0, planning.cem's
+  var_scale), CEM's initial distribution, whichever planner plans."""
+  return config.cem['var_scale'] * jax.random.normal(key, (model_steps, agent.action_dim))
 
 
 def run_episode(env: Environment, agent: Agent, config: PlanningConfig, params,

@@ -55,9 +55,9 @@ def make_agent(config, env, planning, model_and_params, use_oracle: bool = False
     return oracle.oracle_agent(env, config.data.frameskip, planning.oracle_action_scale,
                                planning.oracle_cost, config.data.image_size,
                                world_model=model_and_params if latent else None,
-                               objective=planning.objective())
+                               objective=planning.objective)
   model, params = model_and_params
-  return agent_lib.world_model_agent(model, params, planning.objective(), env,
+  return agent_lib.world_model_agent(model, params, planning.objective, env,
                                      image_size=config.data.image_size,
                                      chunk_size=planning.cost_chunk_size)
 

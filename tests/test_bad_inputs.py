@@ -93,6 +93,9 @@ CASES = [
     ('train_lewm_under_three_stage', 'experiments.train_lewm',
      [SMOKE, '--config.method=three_stage', '--workdir={tmp}/job/lewm'],
      '--config.method=lewm'),
+    ('random_init_over_a_trained_encoder', 'experiments.pretrain',
+     [SMOKE, '--config.method=three_stage', '--random_init', '--workdir={tmp}/trained/pretrain'],
+     'give --random_init a new --workdir'),
     ('unknown_method', PIPELINE, [SMOKE, '--config.method=vjepa', '--workdir={tmp}/job'],
      "method='vjepa' is not a method"),
 ]
@@ -109,6 +112,9 @@ def _setup(tmp):
   earlier = os.path.join(tmp, 'earlier')  # what a finished conversion leaves
   outputs.prepare_output_dir(earlier, kind='converted_checkpoint')
   checkpoint.save_model(earlier, kind='predictor', config={}, params=_EARLIER)
+  trained = os.path.join(tmp, 'trained', 'pretrain')  # a finished stage 1
+  outputs.prepare_output_dir(trained, kind='pretrain')
+  checkpoint.save_model(os.path.join(trained, 'encoder'), kind='vit', config={}, params=_EARLIER)
 
 
 def _after(tmp):
@@ -117,8 +123,9 @@ def _after(tmp):
   assert os.listdir(os.path.join(tmp, 'user')) == ['notes.txt']
   with open(os.path.join(tmp, 'user', 'notes.txt')) as f:
     assert f.read() == 'precious'
-  np.testing.assert_array_equal(checkpoint.load_model(os.path.join(tmp, 'earlier'))[2]['w'],
-                                _EARLIER['w'])
+  for folder in ('earlier', 'trained/pretrain/encoder'):
+    np.testing.assert_array_equal(checkpoint.load_model(os.path.join(tmp, folder))[2]['w'],
+                                  _EARLIER['w'])
 
 
 def _run(case, tmp):

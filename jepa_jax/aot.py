@@ -327,7 +327,7 @@ def world_model_program(config: Any, mesh: jax.sharding.Mesh, num_hosts: int) ->
   from jepa_jax.world_model import train as wm_train  # pylint: disable=g-import-not-at-top
   env = envs.get(config.env)
   cfg = wm_train.as_world_model_config(config.world_model)
-  model = _three_stage_model(config, env, wm_train.COMPUTE_DTYPES[cfg.compute_dtype])
+  model = _three_stage_model(config, env, training.DTYPES[cfg.dtype])
   return _train_program('world_model', config, mesh, num_hosts, wm_train.stage_parts(config, model),
                         _clip_batch(config, cfg.batch_size, env),
                         frozen=(_encoder_shapes(model.encoder),))

@@ -114,7 +114,7 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.world_model.update(
       predictor_config=dict(depth=3, num_heads=4, mlp_ratio=4.0),
       batch_size=16 if smoke else 32, num_steps=50 if smoke else 3000, lr=1e-3,
-      compute_dtype='float32', log_every=10 if smoke else 100,
+      dtype='float32', log_every=10 if smoke else 100,
       checkpoint_every=25 if smoke else 1000, eval_batch_size=16 if smoke else 32,
       eval_num_batches=2 if smoke else 8)
   # The reference protocol (one open-loop plan per episode) at a CPU budget, plus MPC.

@@ -21,7 +21,7 @@ Per program, per chip (`Report`):
 A program that does not fit is reported with the compiler's verdict (it refuses to compile a
 program whose HBM need exceeds the chip's); `not_fitting_message` turns that into one line.
 
-Traces are made under `layers.compile_target('tpu')`, so CPU-only choices (cache-sized
+Traces are made under `cpu_blocking.compile_target('tpu')`, so CPU-only choices (cache-sized
 attention blocks, candidate chunks) stay out of TPU programs.
 """
 
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_jax import envs, sharding, training
-from jepa_jax.models import layers, vit
+from jepa_jax.models import cpu_blocking, vit
 from jepa_jax.planning import evaluate, mpc
 from jepa_jax.planning import run as planning_run
 from jepa_jax.planning.config import as_planning_config
@@ -475,7 +475,7 @@ def compile_program(program: Program, topo: Topology, mesh: jax.sharding.Mesh) -
   """Traces, lowers and compiles `program` for `topo`; the compiler's out-of-memory refusal
   becomes a Report with fits=False, any other compiler error a one-line ValueError."""
   start = time.perf_counter()
-  with layers.compile_target('tpu'):
+  with cpu_blocking.compile_target('tpu'):
     traced = program.fn.trace(*program.args)
     lowered = traced.lower()
   flops = matmul_flops(traced.jaxpr) / mesh.size

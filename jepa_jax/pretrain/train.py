@@ -144,9 +144,9 @@ class PretrainConfig(training.TrainLoopConfig):
     config_sections.require_positive(self, 'pretrain', (
         'num_frames', 'frameskip', 'probe_train_trajectories', 'probe_val_trajectories',
         'sigreg_directions', 'geometry_frames'))
-    config_sections.check_keys(self.predictor, config_sections.field_names(
-        masked_predictor_lib.MaskedPredictorConfig, exclude=DERIVED_PREDICTOR_KEYS),
-                               'pretrain.predictor')
+    predictor_keys = config_sections.field_names(masked_predictor_lib.MaskedPredictorConfig,
+                                                 exclude=DERIVED_PREDICTOR_KEYS)
+    config_sections.check_keys(self.predictor, predictor_keys, 'pretrain.predictor')
     for name in ('ema_momentum', 'ema_momentum_end'):
       value = getattr(self, name)
       if value is not None and not 0.0 <= value <= 1.0:

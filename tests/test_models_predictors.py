@@ -367,3 +367,15 @@ def test_bad_inputs_raise_clear_errors():
     model.apply(params, z[:, :, :2], a, pe)
   with pytest.raises(ValueError, match='actions'):
     model.apply(params, z, a[..., :3], pe)
+
+
+def test_exports_written_with_max_frames_still_build():
+  """AdaLN / V-JEPA 2-AC exports from before `max_frames` was dropped keep loading; DINO-WM's
+  `max_frames` (its learned position table) is kept."""
+  for kind, cfg in (('adaln', TINY), ('vjepa2_ac', TINY_AC)):
+    with pytest.raises(TypeError, match='max_frames'):
+      predictors.build_predictor(kind, **cfg, max_frames=4)
+    stored = predictors.stored_config(kind, {**cfg, 'max_frames': 4})
+    assert predictors.build_predictor(kind, **stored).config == predictors.build_predictor(
+        kind, **cfg).config
+  assert predictors.stored_config('dino_wm', TINY_DINO)['max_frames'] == 3

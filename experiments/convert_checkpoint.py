@@ -29,7 +29,6 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     'image_size', None, 'dinov2: working resolution (default: the position table native one).')
 _HEAD_DIM = flags.DEFINE_integer('head_dim', 64, 'dino_wm: attention head width.')
 _GRID = flags.DEFINE_list('grid_size', ['16', '16'], 'adaln/dino_wm: latent patch grid H,W.')
-_MAX_FRAMES = flags.DEFINE_integer('max_frames', 4, 'adaln: context length stored in config.')
 _LATENT_DIM = flags.DEFINE_integer(
     'latent_dim', None, 'dino_wm: expected visual width (checks the channel split).')
 
@@ -48,7 +47,7 @@ def main(argv):
                        'e.g. --grid_size=16,16') from None
     options = dict(grid_size=grid)
     if _KIND.value == 'adaln':
-      options.update(num_heads=_NUM_HEADS.value or 16, max_frames=_MAX_FRAMES.value)
+      options.update(num_heads=_NUM_HEADS.value or 16)
     else:
       options.update(head_dim=_HEAD_DIM.value, latent_dim=_LATENT_DIM.value)
   config = convert.convert_checkpoint(_KIND.value, _INPUT.value, _OUTPUT.value, **options)

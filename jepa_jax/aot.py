@@ -21,7 +21,7 @@ Per program, per chip (`Report`):
 A program that does not fit is reported with the compiler's verdict (it refuses to compile a
 program whose HBM need exceeds the chip's); `not_fitting_message` turns that into one line.
 
-Traces are made under `layers.compile_target('tpu')`, so CPU-only choices (cache-sized
+Traces are made under `cpu_blocking.compile_target('tpu')`, so CPU-only choices (cache-sized
 attention blocks, candidate chunks) stay out of TPU programs.
 """
 
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_jax import envs, sharding, training
-from jepa_jax.models import layers, vit
+from jepa_jax.models import cpu_blocking, vit
 from jepa_jax.planning import evaluate, mpc
 from jepa_jax.planning import run as planning_run
 from jepa_jax.planning.config import as_planning_config
@@ -327,7 +327,7 @@ def world_model_program(config: Any, mesh: jax.sharding.Mesh, num_hosts: int) ->
   from jepa_jax.world_model import train as wm_train  # pylint: disable=g-import-not-at-top
   env = envs.get(config.env)
   cfg = wm_train.as_world_model_config(config.world_model)
-  model = _three_stage_model(config, env, wm_train.COMPUTE_DTYPES[cfg.compute_dtype])
+  model = _three_stage_model(config, env, training.DTYPES[cfg.dtype])
   return _train_program('world_model', config, mesh, num_hosts, wm_train.stage_parts(config, model),
                         _clip_batch(config, cfg.batch_size, env),
                         frozen=(_encoder_shapes(model.encoder),))
@@ -475,7 +475,7 @@ def compile_program(program: Program, topo: Topology, mesh: jax.sharding.Mesh) -
   """Traces, lowers and compiles `program` for `topo`; the compiler's out-of-memory refusal
   becomes a Report with fits=False, any other compiler error a one-line ValueError."""
   start = time.perf_counter()
-  with layers.compile_target('tpu'):
+  with cpu_blocking.compile_target('tpu'):
     traced = program.fn.trace(*program.args)
     lowered = traced.lower()
   flops = matmul_flops(traced.jaxpr) / mesh.size

@@ -1,5 +1,6 @@
 """Config sections as frozen dataclasses: building one from the experiment config, nested
-sub-sections and overrides of them, and the check every section shares.
+sub-sections and overrides of them, and the checks every section shares (positive counts, the
+keys of the model dicts a section holds).
 
 Each stage declares its section as a dataclass whose defaults are the paper's values
 (`DataConfig`, `PretrainConfig`, `WorldModelConfig`, `LeWMConfig`, `PlanningConfig`); the
@@ -65,3 +66,29 @@ def require_positive(config: Any, section_name: str, names: Iterable[str]) -> No
   for name in names:
     if int(getattr(config, name)) < 1:
       raise ValueError(f'{section_name}.{name} must be >= 1, got {getattr(config, name)}')
+
+
+def check_keys(nested: Any, allowed: Iterable[str], where: str) -> None:
+  """One-line ValueError naming `<where>.<key>` and the allowed keys for the first key of the
+  nested dict `nested` (a dict, a ConfigDict or None) that is not in `allowed`.
+
+  For the model dicts a section holds (`lewm.encoder`, `pretrain.predictor`,
+  `world_model.predictor_config`): a misspelt key fails when the section is read, not when the
+  model is built.
+  """
+  if nested is None:
+    return
+  keys = nested.to_dict() if hasattr(nested, 'to_dict') else nested
+  if not isinstance(keys, Mapping):
+    raise ValueError(f'{where} must be a dict of settings, got {nested!r}')
+  allowed = tuple(allowed)
+  for key in keys:
+    if key not in allowed:
+      raise ValueError(f'unknown key {where}.{key}; the keys of {where} are '
+                       f'{", ".join(sorted(allowed))}')
+
+
+def field_names(cls: type, exclude: Iterable[str] = ()) -> tuple[str, ...]:
+  """The field names of dataclass `cls`, without `exclude`."""
+  exclude = set(exclude)
+  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)

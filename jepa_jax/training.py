@@ -11,7 +11,9 @@ scalars every `log_every` steps, saves periodically and always at the end. It st
 line at the first log (or save) step whose metrics are not finite, before any checkpoint of
 that state is written, and on a preemption signal it saves and stops.
 
-Also here: the optimiser (AdamW on matrices only, clipping, lr and weight-decay schedules), EMA.
+Also here: `TrainLoopConfig`, the optimiser and loop settings every trainer's config section
+shares (stage 1, stage 2, LeWM); the optimiser it builds (AdamW on matrices only, clipping, lr
+and weight-decay schedules); EMA.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +33,59 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jepa_jax import config_diff, console, sharding
+from jepa_jax import config_diff, config_sections, console, sharding
 from jepa_jax.checkpoint import TrainCheckpointer, abstract_like
 from jepa_jax.checkpoint import progress as run_progress
 
 SCHEDULES = ('constant', 'warmup_cosine')
+# Compute dtypes of a trainer's forward and backward pass (params and optimiser state stay float32).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainLoopConfig:
+  """The optimiser and loop settings of a trainer's config section, one set of names for every
+  trainer (`PretrainConfig`, `WorldModelConfig`, `LeWMConfig` inherit it; each redeclares a
+  field only where its paper value differs from the default here).
+
+  batch_size: global batch (split over processes and the mesh's data axes).
+  num_steps: optimisation steps of the whole run (a resumed run continues to it).
+  lr, schedule ('constant' or 'warmup_cosine', see `make_schedule`), warmup_steps,
+    final_lr_ratio (the cosine's end, a fraction of lr): the learning rate.
+  weight_decay: AdamW's decoupled decay, on matrices only; with weight_decay_start (not None)
+    it follows a cosine from weight_decay_start to weight_decay over the run.
+  grad_clip_norm: global-norm gradient clipping (0 = off).
+  dtype: compute dtype, a key of DTYPES (params and optimiser state stay float32).
+  log_every, checkpoint_every, max_to_keep: progress line + TensorBoard scalars, checkpoint
+    interval (steps) and checkpoints kept.
+  """
+  # The config section's name in messages ('pretrain', 'world_model', 'lewm').
+  SECTION: ClassVar[str] = 'train'
+  batch_size: int
+  num_steps: int
+  lr: float = 1e-3
+  schedule: str = 'constant'
+  warmup_steps: int = 0
+  final_lr_ratio: float = 0.0
+  weight_decay: float = 1e-6
+  weight_decay_start: float | None = None
+  grad_clip_norm: float = 1.0
+  dtype: str = 'float32'
+  log_every: int = 100
+  checkpoint_every: int = 1000
+  max_to_keep: int = 2
+
+  def __post_init__(self):
+    section = self.SECTION
+    config_sections.require_positive(self, section, (
+        'batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'max_to_keep'))
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f'{section}.schedule={self.schedule!r}; choose one of {SCHEDULES}')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'{section}.dtype={self.dtype!r}; choose one of {tuple(DTYPES)}')
+    for name in ('lr', 'warmup_steps', 'final_lr_ratio', 'weight_decay', 'grad_clip_norm'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'{section}.{name} must be >= 0, got {getattr(self, name)}')
 
 
 def make_schedule(*, learning_rate: float, schedule: str = 'constant', warmup_steps: int = 0,
@@ -90,12 +140,10 @@ def _scheduled_weight_decay(schedule: optax.Schedule) -> optax.GradientTransform
   return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(*, learning_rate: float, weight_decay: float = 0.0,
-                   grad_clip_norm: float | None = 1.0, schedule: str = 'constant',
-                   warmup_steps: int = 0, total_steps: int | None = None,
-                   final_lr_ratio: float = 0.0, weight_decay_start: float | None = None,
-                   b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
+def adamw(*, learning_rate: float, weight_decay: float = 0.0, grad_clip_norm: float | None = 1.0,
+          schedule: str = 'constant', warmup_steps: int = 0, total_steps: int | None = None,
+          final_lr_ratio: float = 0.0, weight_decay_start: float | None = None, b1: float = 0.9,
+          b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
   """AdamW with decoupled weight decay on matrices only, after global-norm gradient clipping.
 
   Update per parameter p with clipped gradient g (Adam moments m, v, bias-corrected m^, v^):
@@ -106,14 +154,31 @@ def make_optimizer(*, learning_rate: float, weight_decay: float = 0.0,
   lr = make_schedule(learning_rate=learning_rate, schedule=schedule, warmup_steps=warmup_steps,
                      total_steps=total_steps, final_lr_ratio=final_lr_ratio)
   if weight_decay_start is None:
-    adamw = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+    optimizer = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                            mask=decay_mask)
   else:
     decay = _scheduled_weight_decay(cosine_ramp(weight_decay_start, weight_decay, total_steps))
-    adamw = optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-                        optax.masked(decay, decay_mask), optax.scale_by_learning_rate(lr))
+    optimizer = optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                            optax.masked(decay, decay_mask), optax.scale_by_learning_rate(lr))
   if not grad_clip_norm:
-    return adamw
-  return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adamw)
+    return optimizer
+  return optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer)
+
+
+def learning_rate_schedule(cfg: TrainLoopConfig) -> optax.Schedule:
+  """The learning rate of `cfg`'s run, step -> lr (`make_schedule`)."""
+  return make_schedule(learning_rate=cfg.lr, schedule=cfg.schedule,
+                       warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps,
+                       final_lr_ratio=cfg.final_lr_ratio)
+
+
+def make_optimizer(cfg: TrainLoopConfig) -> optax.GradientTransformation:
+  """The optimiser of every trainer: `adamw` with `cfg`'s lr schedule, weight decay (and its
+  cosine from weight_decay_start), gradient clipping over the run's num_steps."""
+  return adamw(learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+               grad_clip_norm=cfg.grad_clip_norm, schedule=cfg.schedule,
+               warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps,
+               final_lr_ratio=cfg.final_lr_ratio, weight_decay_start=cfg.weight_decay_start)
 
 
 def ema_update(target: Any, online: Any, momentum: float | jax.Array) -> Any:
@@ -344,14 +409,13 @@ def run_train_loop(*, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, A
 class Stage:
   """A training stage's own parts, as `run_stage` needs them.
 
-  name: the config section ('pretrain', 'world_model'), for messages.
+  loop: the stage's config section (a `TrainLoopConfig`): global batch, num_steps and the
+    logging / checkpoint settings; its SECTION names the stage in messages.
   init_fn: `key -> state` (a pytree; its leaves are placed by the partition rules).
   step_fn: `(state, *frozen, batch) -> (state, metrics)`: pure, jitted here with the state
     donated; metrics are scalars.
   make_loader: `(per_host_batch_size, shard_index, shard_count) -> grain iterator` of host
     batches.
-  batch_size: global batch (split over processes and the mesh's data axes).
-  num_steps, log_every, checkpoint_every, max_to_keep: loop and checkpoint settings.
   frozen: extra step inputs that are not trained (e.g. the frozen encoder's params), placed by
     the partition rules and never donated.
   model_inputs: host batch -> the arrays the step reads (the rest never goes to the device).
@@ -361,21 +425,21 @@ class Stage:
     `on_init(state, mesh, frozen)` with the initial state (before the first, donating step: e.g.
     to copy the random initialisation), the mesh and the placed frozen inputs (for eval_fn).
   """
-  name: str
+  loop: TrainLoopConfig
   init_fn: Callable[[jax.Array], Any]
   step_fn: Callable[..., tuple[Any, Mapping[str, Any]]]
   make_loader: Callable[[int, int, int], Iterator]
-  batch_size: int
-  num_steps: int
-  log_every: int
-  checkpoint_every: int
-  max_to_keep: int = 2
   frozen: tuple = ()
   model_inputs: Callable[[dict], dict] = lambda batch: batch
   settings: tuple = ('env', 'seed', 'data')
   eval_fn: Callable[[Any, int], Mapping[str, Any]] | None = None
   eval_every: int | None = None
   on_init: Callable[[Any, jax.sharding.Mesh, tuple], None] | None = None
+
+  @property
+  def name(self) -> str:
+    """The config section ('pretrain', 'world_model', 'lewm'), for messages."""
+    return self.loop.SECTION
 
 
 @dataclasses.dataclass
@@ -473,7 +537,8 @@ def run_stage(stage: Stage, config: Any, workdir: str) -> StageResult:
   """
   mesh = sharding.make_mesh(dict(config.mesh))
   rules = partition_rules(config)
-  per_host = per_host_batch_size(stage.batch_size, mesh, f'{stage.name}.batch_size')
+  loop = stage.loop
+  per_host = per_host_batch_size(loop.batch_size, mesh, f'{stage.name}.batch_size')
   state, state_shardings = init_sharded(stage.init_fn, int(config.seed), mesh, rules)
   frozen_shardings = tuple(sharding.param_shardings(f, mesh, rules) for f in stage.frozen)
   frozen = tuple(jax.device_put(f, s) for f, s in zip(stage.frozen, frozen_shardings))
@@ -483,14 +548,14 @@ def run_stage(stage: Stage, config: Any, workdir: str) -> StageResult:
   loader = stage.make_loader(per_host, jax.process_index(), jax.process_count())
   to_config = getattr(config, 'to_dict', None)
   checkpointer = TrainCheckpointer(
-      os.path.join(workdir, 'checkpoints'), save_interval_steps=stage.checkpoint_every,
-      max_to_keep=stage.max_to_keep, config=to_config() if to_config else config)
+      os.path.join(workdir, 'checkpoints'), save_interval_steps=loop.checkpoint_every,
+      max_to_keep=loop.max_to_keep, config=to_config() if to_config else config)
   try:
     check_resumable(stage, checkpointer.restore_config(), config, checkpointer.directory)
     latest = checkpointer.latest_step()
-    if latest is not None and latest > stage.num_steps:
+    if latest is not None and latest > loop.num_steps:
       raise ValueError(f'{stage.name}: {checkpointer.directory} already holds step {latest}, '
-                       f'past {stage.name}.num_steps={stage.num_steps}; use a new --workdir, '
+                       f'past {stage.name}.num_steps={loop.num_steps}; use a new --workdir, '
                        f'or num_steps >= {latest} to continue')
   except ValueError:
     checkpointer.close()
@@ -499,10 +564,10 @@ def run_stage(stage: Stage, config: Any, workdir: str) -> StageResult:
   try:
     state, metrics = run_train_loop(
         train_step=lambda s, b: step(s, *frozen, b), state=state, data_iter=loader,
-        checkpointer=checkpointer, num_steps=stage.num_steps, log_every=stage.log_every,
+        checkpointer=checkpointer, num_steps=loop.num_steps, log_every=loop.log_every,
         workdir=workdir, shard_fn=lambda b: sharding.shard_batch(stage.model_inputs(b), mesh),
         eval_fn=stage.eval_fn,
-        eval_every=(stage.eval_every or stage.num_steps) if stage.eval_fn else None,
+        eval_every=(stage.eval_every or loop.num_steps) if stage.eval_fn else None,
         stage_name=stage.name, info=info)
   finally:
     checkpointer.close()

@@ -76,6 +76,8 @@ CASES = [
     ('pipeline_bad_planner_budget', PIPELINE,
      ['--config=experiments/configs/wall.py:paper_vjepa', '--config.planning.cem.num_samples=8',
       '--workdir={tmp}/job'], 'planning.cem: num_elites=10 must be in [2, num_samples=8]'),
+    ('pipeline_zero_steps', PIPELINE,
+     [SMOKE, '--config.lewm.num_steps=0', '--workdir={tmp}/job'], 'lewm.num_steps must be >= 1'),
     ('pipeline_paper_without_encoder', PIPELINE,
      ['--config=experiments/configs/wall.py:paper', '--workdir={tmp}/job'],
      '--config.encoder_export=DIR'),

@@ -23,7 +23,7 @@ pytest.importorskip('libtpu', reason='the TPU compiler is libtpu\'s: pip install
 
 from experiments.configs import wall  # pylint: disable=g-import-not-at-top
 from jepa_jax import aot, sharding, training  # pylint: disable=g-import-not-at-top
-from jepa_jax.models import layers  # pylint: disable=g-import-not-at-top
+from jepa_jax.models import cpu_blocking  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,11 +94,11 @@ def test_a_program_over_the_chips_hbm_is_refused_with_its_need_and_the_fix():
 
 def test_layers_block_for_the_cpu_only_when_tracing_for_it():
   pairs, queries, keys = 1024, 256, 512  # 512 KiB of logits per pair: blocked on a CPU
-  assert layers.attention_block_pairs(pairs, queries, keys) < pairs
-  with layers.compile_target('tpu'):
-    assert layers.target_platform() == 'tpu'
-    assert layers.attention_block_pairs(pairs, queries, keys) == pairs
-  assert layers.target_platform() == 'cpu'
+  assert cpu_blocking.attention_block_pairs(pairs, queries, keys) < pairs
+  with cpu_blocking.compile_target('tpu'):
+    assert cpu_blocking.target_platform() == 'tpu'
+    assert cpu_blocking.attention_block_pairs(pairs, queries, keys) == pairs
+  assert cpu_blocking.target_platform() == 'cpu'
 
 
 def test_scanned_vit_blocks_have_the_loops_parameters_and_outputs():

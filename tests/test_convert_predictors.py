@@ -1,12 +1,12 @@
 """Reference predictor conversion (AdaLN / DINO-WM `.pth.tar`) against PyTorch re-implementations.
 
-The torch modules below are written in this file from docs/reference.md §3a / §3b and §8 (key names),
-independently of jepa_jax. Each test saves one in the reference `.pth.tar` layout (predictor,
-opt, scaler, epoch, encoders; optionally with a `module.` prefix), converts it, and compares
-forward passes in float32.
+The torch modules are written from docs/reference.md §3a / §3b and §8 (key names),
+independently of our JAX models: the AdaLN predictor is `jepa_jax.diagnostics.torch_reference`'s
+(the one the benchmark times), the DINO-WM predictor and the kernel-1 Conv1d encoders are
+written below. Each test saves one in the reference `.pth.tar` layout (predictor, opt, scaler,
+epoch, encoders; optionally with a `module.` prefix), converts it, and compares forward passes
+in float32.
 """
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -15,108 +15,12 @@ import pytest
 
 torch = pytest.importorskip('torch')
 nn = torch.nn
-F = torch.nn.functional
 
 from jepa_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
 from jepa_jax import convert
+from jepa_jax.diagnostics import torch_reference
 
 # ----------------------------------------------------------------- torch references (§3, §8)
-
-
-def frame_causal(num_frames, tokens_per_frame):
-  """(N, N) bool: token i sees token j iff frame(j) <= frame(i)."""
-  frame = torch.arange(num_frames).repeat_interleave(tokens_per_frame)
-  return frame[None, :] <= frame[:, None]
-
-
-def rope_reference_quirk(x, pos):
-  """RoPE on the last axis (width d), reference layout: element j uses theta_{j mod d/2}
-  (half tables concatenated), partner pairs interleaved: rot[2i] = -x[2i+1], rot[2i+1] = x[2i].
-  x: (B, heads, N, d); pos: (N,)."""
-  half = x.shape[-1] // 2
-  omega = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
-  theta = pos.double()[:, None] * omega[None, :]
-  theta = torch.cat([theta, theta], dim=-1).float()
-  rot = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)
-  return x * torch.cos(theta) + rot * torch.sin(theta)
-
-
-class RopeAttention(nn.Module):
-  """qkv rows [q | k | v] head-major; 3D RoPE (frame, row, col) on q and k; causal softmax."""
-
-  def __init__(self, dim, heads):
-    super().__init__()
-    self.heads = heads
-    self.qkv = nn.Linear(dim, 3 * dim)
-    self.proj = nn.Linear(dim, dim)
-
-  def forward(self, x, mask, grid):
-    b, n, dim = x.shape
-    hd = dim // self.heads
-    q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
-    coords = torch.meshgrid(*[torch.arange(g) for g in grid], indexing='ij')
-    axis = 2 * ((hd // 3) // 2)
-
-    def rope(u):
-      pieces = [rope_reference_quirk(u[..., a * axis:(a + 1) * axis], c.reshape(-1))
-                for a, c in enumerate(coords)]
-      return torch.cat(pieces + [u[..., 3 * axis:]], dim=-1)
-
-    logits = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(hd)
-    attn = logits.masked_fill(~mask, float('-inf')).softmax(-1)
-    return self.proj((attn @ v).transpose(1, 2).reshape(b, n, dim))
-
-
-class Mlp(nn.Module):
-
-  def __init__(self, dim, hidden):
-    super().__init__()
-    self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-  def forward(self, x):
-    return self.fc2(F.gelu(self.fc1(x)))  # exact erf GELU
-
-
-class TorchAdaLNBlock(nn.Module):
-
-  def __init__(self, dim, heads):
-    super().__init__()
-    self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-    self.attn = RopeAttention(dim, heads)
-    self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-    self.mlp = Mlp(dim, 4 * dim)
-    self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-
-  def forward(self, x, c, mask, grid):
-    per_token = self.adaLN_modulation(c).repeat_interleave(x.shape[1] // c.shape[1], dim=1)
-    shift1, scale1, gate1, shift2, scale2, gate2 = per_token.chunk(6, dim=-1)
-    x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, mask, grid)
-    return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-
-
-class TorchAdaLNPredictor(nn.Module):
-  """§3a: embed visual, concat tiled proprio embedding, AdaLN on actions, LN, split, project."""
-
-  def __init__(self, visual_dim, proprio_emb_dim, action_dim, depth, heads):
-    super().__init__()
-    dim = visual_dim + proprio_emb_dim
-    self.predictor_embed = nn.Linear(visual_dim, visual_dim)
-    self.action_encoder = nn.Linear(action_dim, dim)
-    self.predictor_blocks = nn.ModuleList([TorchAdaLNBlock(dim, heads) for _ in range(depth)])
-    self.predictor_norm = nn.LayerNorm(dim, eps=1e-6)
-    self.predictor_proj = nn.Linear(visual_dim, visual_dim)
-
-  def forward(self, latents, actions, proprio_emb):
-    b, t, h, w, dv = latents.shape
-    x = self.predictor_embed(latents.reshape(b, t, h * w, dv))
-    x = torch.cat([x, proprio_emb[:, :, None].expand(b, t, h * w, -1)], dim=-1)
-    x = x.reshape(b, t * h * w, -1)
-    c = self.action_encoder(actions)
-    for block in self.predictor_blocks:
-      x = block(x, c, frame_causal(t, h * w), (t, h, w))
-    x = self.predictor_norm(x).reshape(b, t, h * w, -1)
-    visual = self.predictor_proj(x[..., :dv]).reshape(b, t, h, w, dv)
-    return visual, x[..., dv:].reshape(b, t, h, w, -1)  # one proprio prediction per patch
 
 
 class Conv1dEncoder(nn.Module):
@@ -185,7 +89,8 @@ class TorchDinoWMPredictor(nn.Module):
   def forward(self, x, tokens_per_frame):  # x: (B, N, dim)
     n = x.shape[1]
     x = x + self.pos_embedding[:, :n]
-    return self.transformer(x, frame_causal(n // tokens_per_frame, tokens_per_frame))
+    return self.transformer(x, torch_reference.frame_causal_mask(n // tokens_per_frame,
+                                                                 tokens_per_frame))
 
 
 def dino_wm_forward(predictor, action_encoder, proprio_encoder, latents, actions, proprio):
@@ -224,7 +129,7 @@ def reference_file(path, modules, *, prefix=''):
 # ------------------------------------------------------------------------------------ tests
 
 B, T, GRID = 2, 3, (3, 4)  # non-square grid catches row/column mix-ups
-ADALN = dict(visual_dim=24, proprio_emb_dim=6, action_dim=4, depth=2, heads=2)  # head dim 15
+ADALN = dict(latent_dim=24, proprio_emb_dim=6, action_dim=4, depth=2, heads=2)  # head dim 15
 PROPRIO_DIM = 3
 
 
@@ -237,7 +142,7 @@ def _inputs(visual_dim, action_dim, seed=0):
 
 
 def _torch_adaln(seed=0):
-  predictor = randomize_(TorchAdaLNPredictor(**ADALN), seed)
+  predictor = randomize_(torch_reference.AdaLNPredictor(**ADALN, grid_size=GRID), seed)
   proprio = randomize_(Conv1dEncoder(PROPRIO_DIM, ADALN['proprio_emb_dim']), seed + 1)
   return predictor, proprio
 
@@ -373,10 +278,3 @@ def test_binary_writes_a_loadable_export(tmp_path, parsed_flags):
                                proprio(torch.from_numpy(raw_proprio)))
   visual, _ = _our_forward(config, params, latents, actions, raw_proprio)
   assert np.abs(visual - want_visual.numpy()).max() <= 1e-4
-
-
-def test_torch_reference_has_the_paper_parameter_count():
-  """Sanity check of the reference written above: docs/reference.md §3a gives 17,626,480 at depth 6."""
-  paper = TorchAdaLNPredictor(visual_dim=384, proprio_emb_dim=16, action_dim=10, depth=6,
-                              heads=16)
-  assert sum(p.numel() for p in paper.parameters()) == 17_626_480

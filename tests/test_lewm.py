@@ -86,7 +86,7 @@ def test_frozen_random_encoder_stays_at_its_init_while_the_predictor_learns():
   cfg = tiny_lewm(train_encoder=False, weight_decay=0.1)
   model = lewm_train.build_model(cfg, STATS, frameskip=5)
   params = lewm_train.init_params(model, jax.random.PRNGKey(5), 4)
-  tx = training.make_optimizer(learning_rate=1e-2, weight_decay=0.1)
+  tx = training.adamw(learning_rate=1e-2, weight_decay=0.1)
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
   step = jax.jit(lewm_train.make_train_step(model, cfg, tx, seed=0))
   for seed in (5, 6):
@@ -108,6 +108,21 @@ def test_sigreg_term_is_added_with_its_weight():
   loss, metrics = jax.jit(lambda p: lewm_train.lewm_loss(
       p, batch, jax.random.PRNGKey(4), model, tiny_lewm(sigreg_weight=0.5)))(params)
   np.testing.assert_allclose(loss, metrics['prediction'] + 0.5 * metrics['sigreg'], rtol=1e-6)
+
+
+def test_dtype_sets_the_compute_dtype_of_encoder_and_predictor():
+  """`lewm.dtype='bfloat16'` computes latents and predictions in bfloat16; the params (and
+  the loss) stay float32."""
+  model = lewm_train.build_model(tiny_lewm(dtype='bfloat16'), STATS, frameskip=5)
+  assert model.encoder.dtype == jnp.bfloat16 and model.predictor.dtype == jnp.bfloat16
+  params = lewm_train.init_params(model, jax.random.PRNGKey(0), 4)
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype('float32')}
+  z = jax.jit(lambda p, f: lewm_train.encode_with_grad(model, p, f))(
+      params['encoder'], random_batch()['observations'])
+  assert z.dtype == jnp.bfloat16
+  loss, _ = jax.jit(lambda p: lewm_train.lewm_loss(p, random_batch(), jax.random.PRNGKey(1),
+                                                   model, tiny_lewm()))(params)
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
 
 
 def test_unknown_key_and_bad_tubelet_are_clear_errors():

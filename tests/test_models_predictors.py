@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from jepa_jax.models import cpu_blocking
 from jepa_jax.models import layers
 from jepa_jax.models import predictors
 
@@ -154,10 +155,10 @@ def test_attention_in_cache_sized_blocks_matches_numpy_float64(monkeypatch):
   model, params, (z, a, pe), _ = _setup('adaln')
   pairs = z.shape[0] * TINY['num_heads']
   tokens = 16  # one frame of the 4 x 4 grid: the first frame's logits are (16, 16) per pair
-  monkeypatch.setattr(layers, 'CPU_LOGITS_BLOCK_BYTES', 3 * 4 * tokens * tokens)
-  monkeypatch.setattr(layers, 'CPU_MIN_BLOCKED_PAIR_BYTES', 0)
-  assert layers.attention_block_pairs(pairs, tokens, tokens) in (1, 2, 3)
-  assert pairs % layers.attention_block_pairs(pairs, tokens, tokens) == 0
+  monkeypatch.setattr(cpu_blocking, 'CPU_LOGITS_BLOCK_BYTES', 3 * 4 * tokens * tokens)
+  monkeypatch.setattr(cpu_blocking, 'CPU_MIN_BLOCKED_PAIR_BYTES', 0)
+  assert cpu_blocking.attention_block_pairs(pairs, tokens, tokens) in (1, 2, 3)
+  assert pairs % cpu_blocking.attention_block_pairs(pairs, tokens, tokens) == 0
   # A fresh trace under the small budget (the shared jitted apply was traced without it).
   vis, prop = jax.jit(lambda p, *x: model.apply({'params': p}, *x))(params, z, a, pe)
   _check_against_numpy(vis, prop, params, z, a, pe, TINY)
@@ -166,17 +167,17 @@ def test_attention_in_cache_sized_blocks_matches_numpy_float64(monkeypatch):
 def test_attention_block_pairs():
   """One step when the logits fit or each pair's are small; else the largest divisor that
   fits, at least 1."""
-  budget = layers.CPU_LOGITS_BLOCK_BYTES
-  assert layers.attention_block_pairs(1024, 16, 16) == 1024
+  budget = cpu_blocking.CPU_LOGITS_BLOCK_BYTES
+  assert cpu_blocking.attention_block_pairs(1024, 16, 16) == 1024
   small_pair = 4 * 64 * 128  # 8x8 tokens per frame: under the per-pair minimum
-  assert small_pair < layers.CPU_MIN_BLOCKED_PAIR_BYTES and 4096 * small_pair > budget
-  assert layers.attention_block_pairs(4096, 64, 128) == 4096
+  assert small_pair < cpu_blocking.CPU_MIN_BLOCKED_PAIR_BYTES and 4096 * small_pair > budget
+  assert cpu_blocking.attention_block_pairs(4096, 64, 128) == 4096
   per_pair = 4 * 256 * 512
-  block = layers.attention_block_pairs(1024, 256, 512)
+  block = cpu_blocking.attention_block_pairs(1024, 256, 512)
   assert block * per_pair <= budget < 2 * block * per_pair and 1024 % block == 0
   fitting_divisors = [d for d in (1, 3, 7, 21) if d * per_pair <= budget]
-  assert layers.attention_block_pairs(21, 256, 512) == max(fitting_divisors)
-  assert layers.attention_block_pairs(13, 4096, 4096) == 1  # one pair over budget: one at a time
+  assert cpu_blocking.attention_block_pairs(21, 256, 512) == max(fitting_divisors)
+  assert cpu_blocking.attention_block_pairs(13, 4096, 4096) == 1  # one pair over budget: one at a time
 
 
 def test_adaln_per_patch_proprio_input_and_first_patch_readout():
@@ -366,3 +367,15 @@ def test_bad_inputs_raise_clear_errors():
     model.apply(params, z[:, :, :2], a, pe)
   with pytest.raises(ValueError, match='actions'):
     model.apply(params, z, a[..., :3], pe)
+
+
+def test_exports_written_with_max_frames_still_build():
+  """AdaLN / V-JEPA 2-AC exports from before `max_frames` was dropped keep loading; DINO-WM's
+  `max_frames` (its learned position table) is kept."""
+  for kind, cfg in (('adaln', TINY), ('vjepa2_ac', TINY_AC)):
+    with pytest.raises(TypeError, match='max_frames'):
+      predictors.build_predictor(kind, **cfg, max_frames=4)
+    stored = predictors.stored_config(kind, {**cfg, 'max_frames': 4})
+    assert predictors.build_predictor(kind, **stored).config == predictors.build_predictor(
+        kind, **cfg).config
+  assert predictors.stored_config('dino_wm', TINY_DINO)['max_frames'] == 3

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jepa_jax import distributed, sharding
-from jepa_jax.training import make_optimizer
+from jepa_jax.training import adamw
 
 RULES = [
     (r'.*/kernel', ('fsdp', None)),
@@ -101,7 +101,7 @@ def _train_setup():
   x = rng.normal(size=(16, 6)).astype(np.float32)
   y = rng.normal(size=(16, 4)).astype(np.float32)
   params = model.init(jax.random.key(0), x[:1])['params']
-  tx = make_optimizer(learning_rate=1e-2, weight_decay=1e-2, grad_clip_norm=1.0)
+  tx = adamw(learning_rate=1e-2, weight_decay=1e-2, grad_clip_norm=1.0)
 
   def train_step(state, batch):
     def loss_fn(p):

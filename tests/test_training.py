@@ -42,7 +42,7 @@ def test_adamw_masks_weight_decay_to_matrices_and_clips():
   # Gradients large enough that clipping to norm 1 is active, then small enough that it is not.
   grads_seq = [{k: 5 * rng.normal(size=x.shape).astype(np.float32) for k, x in params.items()},
                {k: 0.01 * rng.normal(size=x.shape).astype(np.float32) for k, x in params.items()}]
-  tx = training.make_optimizer(learning_rate=0.1, weight_decay=0.5, grad_clip_norm=1.0)
+  tx = training.adamw(learning_rate=0.1, weight_decay=0.5, grad_clip_norm=1.0)
 
   @jax.jit
   def two_steps(p):
@@ -122,7 +122,7 @@ def _data_iter():
   return iter(ds.to_iter_dataset())
 
 
-_TX = training.make_optimizer(learning_rate=0.05, weight_decay=0.1, grad_clip_norm=1.0)
+_TX = training.adamw(learning_rate=0.05, weight_decay=0.1, grad_clip_norm=1.0)
 
 
 @jax.jit
@@ -260,8 +260,8 @@ def test_cosine_weight_decay_schedule_matches_numpy():
   # wd_t = end + (start - end) (1 + cos(pi t / T)) / 2 on matrices, applied as p -= lr * wd_t p
   # (zero gradients: Adam's update is 0), none on vectors.
   start, end, total, lr = 1e-2, 1e-1, 4, 0.5
-  tx = training.make_optimizer(learning_rate=lr, weight_decay=end, weight_decay_start=start,
-                               total_steps=total, grad_clip_norm=None)
+  tx = training.adamw(learning_rate=lr, weight_decay=end, weight_decay_start=start,
+                      total_steps=total, grad_clip_norm=None)
   params = {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}
   state = tx.init(params)
   expected = np.ones((2, 2))

@@ -25,17 +25,17 @@ PREDICTOR_CONFIGS = {
 
 def setup(predictor='adaln', dtype='float32', **overrides):
   cfg = train.WorldModelConfig(predictor=predictor, predictor_config=PREDICTOR_CONFIGS[predictor],
-                               proprio_emb_dim=4, compute_dtype=dtype, lr=1e-3, **overrides)
+                               proprio_emb_dim=4, dtype=dtype, lr=1e-3, **overrides)
   encoder = vit.ViTEncoder(
       vit.vit_config('tiny', image_size=32, width=16, depth=1, num_heads=2),
-      train.COMPUTE_DTYPES[dtype])
+      training.DTYPES[dtype])
   model = model_lib.build_world_model(
       encoder=encoder, pixel_mean=vit.IMAGENET_MEAN, pixel_std=vit.IMAGENET_STD,
       predictor_kind=predictor, predictor_config=cfg.predictor_config,
       proprio_emb_dim=cfg.proprio_emb_dim, stats=STATS, frameskip=FRAMESKIP,
-      dtype=train.COMPUTE_DTYPES[dtype])
+      dtype=training.DTYPES[dtype])
   encoder_params = encoder.init(jax.random.PRNGKey(1), jnp.zeros((1, 2, 32, 32, 3)))['params']
-  tx = train.make_optimizer(cfg)
+  tx = training.make_optimizer(cfg)
   step = train.make_train_step(model, tx, cfg.loss_config(rollout_context=3), seed=0,
                                use_dropout=predictor == 'dino_wm')
   state = train.init_state(model, tx, jax.random.PRNGKey(0), num_frames=4)
@@ -88,8 +88,8 @@ def test_no_weight_decay_on_biases_and_norms():
   """With a zero loss gradient (lr > 0, huge decay), only matrices shrink; the first step
   decays by weight_decay_start (the cosine schedule starts there)."""
   _, state, _ = setup(weight_decay=0.5, grad_clip_norm=0.0)
-  tx = train.make_optimizer(train.WorldModelConfig(lr=0.1, weight_decay=0.9,
-                                                   weight_decay_start=0.5, grad_clip_norm=0.0))
+  tx = training.make_optimizer(train.WorldModelConfig(lr=0.1, weight_decay=0.9,
+                                                      weight_decay_start=0.5, grad_clip_norm=0.0))
   zeros = jax.tree.map(jnp.zeros_like, state['params'])
   updates, _ = tx.update(zeros, tx.init(state['params']), state['params'])
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
@@ -118,8 +118,8 @@ def test_predictor_kinds_and_bf16_train(predictor, dtype):
 
 
 def test_bad_config_values_are_rejected():
-  with pytest.raises(ValueError, match='compute_dtype'):
-    train.WorldModelConfig(compute_dtype='fp8')
+  with pytest.raises(ValueError, match='world_model.dtype'):
+    train.WorldModelConfig(dtype='fp8')
   with pytest.raises(TypeError):
     train.WorldModelConfig(**{'not_a_key': 1})
   assert dataclasses.asdict(train.WorldModelConfig())['rollout_steps'] == 2

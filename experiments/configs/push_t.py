@@ -33,23 +33,13 @@ def get_config(variant='tiny'):
       tiny_data=dict(num_train_trajectories=1000, num_validation_trajectories=50,
                      trajectory_length=100))
   if variant in ('smoke', 'tiny'):
-    # LeWorldModel's latent: the CLS token of a ViT over 16 x 16 patches (one 64 x 64 patch is
-    # the Wall default). Measured (tiny, 3000 steps; ridge probes of the frozen latent on random
-    # states, the block at its body origin): 41-42 px against 39 px for one patch and 114 px for
-    # the mean (mostly the unknown angle: docs/push_t.md; its centre of gravity: 24 px), pusher
-    # 111 against 128 px (157 for the mean); patch 8 (64 tokens, 4x slower) 38.5 / 107 px.
-    # The T's arms and the pusher are 4 px wide at 64 px and a 16 px patch holds the whole bar.
-    # A convolutional stem (`stem_channels=(24, 48, 96)`) lets the supervised ceiling read the
-    # angle (1500 steps: block 3.8 px, angle 0.10, pusher 7.3 px against 11.9 px, 0.72, 23.2 px)
-    # but not LeWM (block 24 px, angle 0.94, pusher 93 px; success 3.1 %, as without it) at
-    # 2.3x the LeWM time (21 min), so it is off: the objective, not the encoder, is the limit.
-    # (`stem_channels=()` is the encoder's default, named here so a flag can set it.)
+    # LeWorldModel's latent, the CLS token of a ViT over 16 x 16 patches: it reads the 4 px wide
+    # pusher better than Wall's one 64 px patch (docs/push_t.md). No convolutional stem (LeWM
+    # read no more with it); `stem_channels=()` is named so a flag can set it.
     config.lewm.encoder.update(patch_size=16, use_cls_token=True, readout='cls',
                                pos_embed='sincos3d', stem_channels=())
   if variant == 'tiny':
-    # At the shared 1000 LeWM steps the one-patch encoder's probe error was that of a random
-    # encoder (158 vs 170 px) and planning failed (0 %); SIGReg 0.02 spreads the scene's 5
-    # degrees of freedom (Wall's 2) over more channels (0.1: effective rank 10 instead of 4, no
-    # better probe).
+    # At Wall's 1000 steps the encoder probed like a random one and nothing planned; SIGReg 0.02
+    # spreads the scene's 5 degrees of freedom over more channels (docs/push_t.md).
     config.lewm.update(num_steps=3000, sigreg_weight=0.02)
   return config

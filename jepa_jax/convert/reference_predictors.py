@@ -19,8 +19,7 @@ AdaLN (docs/reference.md §3a/§8; every key under `predictor`, the action encod
   action_dim A = action_encoder.weight in-dim     depth = number of predictor_blocks.{i}
   mlp_ratio = mlp.fc1 rows / C                    qkv_bias = presence of attn.qkv.bias
   proprio_dim P = proprio_encoder patch_embed.weight in-dim (a kernel-1 Conv1d, (Pe, P, 1))
-  num_heads (default 16), grid_size (default (16, 16); RoPE has no table) and max_frames
-  (default 4) are arguments.
+  num_heads (default 16) and grid_size (default (16, 16); RoPE has no table) are arguments.
 
 DINO-WM (docs/reference.md §3b; the DINO-WM code's naming `transformer.layers.{i}.0` = attention with
 its own `norm`, `to_qkv` (no bias), `to_out.0`; `transformer.layers.{i}.1.net.{0,1,4}` =
@@ -86,7 +85,7 @@ def _proprio_encoder(state: Mapping[str, np.ndarray], emb_dim: int, what: str
   return proprio_dim, torch_io.assemble_params(state, rules, abstract, what=what)
 
 
-def _convert_adaln(parts, *, num_heads, grid_size, max_frames):
+def _convert_adaln(parts, *, num_heads, grid_size):
   what = 'AdaLN predictor'
   state = parts['predictor']
   torch_io.require(state, ['predictor_embed.weight', 'action_encoder.weight',
@@ -103,8 +102,7 @@ def _convert_adaln(parts, *, num_heads, grid_size, max_frames):
       proprio_emb_dim=width - embed_dim, action_dim=action_dim,
       depth=torch_io.count_blocks(state, 'predictor_blocks.', what), num_heads=num_heads,
       mlp_ratio=state['predictor_blocks.0.mlp.fc1.weight'].shape[0] / width,
-      qkv_bias='predictor_blocks.0.attn.qkv.bias' in state, grid_size=tuple(grid_size),
-      max_frames=max_frames)
+      qkv_bias='predictor_blocks.0.attn.qkv.bias' in state, grid_size=tuple(grid_size))
   rules = (torch_io.linear_rules('predictor_embed', ('predictor_embed',))
            + torch_io.linear_rules('action_encoder', ('action_encoder',)))
   for i in range(config.depth):
@@ -174,8 +172,7 @@ def _convert_dino_wm(parts, *, head_dim, grid_size, latent_dim):
 
 def convert_reference_predictor(
     checkpoint: Any, kind: str, *, num_heads: int = 16, head_dim: int = 64,
-    grid_size: tuple[int, int] = (16, 16), max_frames: int = 4,
-    latent_dim: int | None = None) -> tuple[dict, dict]:
+    grid_size: tuple[int, int] = (16, 16), latent_dim: int | None = None) -> tuple[dict, dict]:
   """Reference `.pth.tar` predictor checkpoint -> `(config, params)` (see module doc).
 
   Args:
@@ -184,7 +181,6 @@ def convert_reference_predictor(
     num_heads: AdaLN heads (the tensors do not tell; paper 16).
     head_dim: DINO-WM head width (paper 64); its head count follows from the qkv rows.
     grid_size: patch grid (H, W) of the latents (paper 16 x 16).
-    max_frames: AdaLN context length recorded in the config (RoPE needs no table).
     latent_dim: DINO-WM only: expected visual width, checked against the inferred split.
 
   Raises:
@@ -197,8 +193,7 @@ def convert_reference_predictor(
     checkpoint = torch_io.load_torch_checkpoint(checkpoint)
   parts = split_reference_checkpoint(checkpoint)
   if kind == 'adaln':
-    config, params = _convert_adaln(parts, num_heads=num_heads, grid_size=grid_size,
-                                    max_frames=max_frames)
+    config, params = _convert_adaln(parts, num_heads=num_heads, grid_size=grid_size)
   else:
     config, params = _convert_dino_wm(parts, head_dim=head_dim, grid_size=grid_size,
                                       latent_dim=latent_dim)
@@ -216,6 +211,7 @@ def convert_reference_predictor(
 def build_converted(config: Mapping[str, Any]
                     ) -> tuple[Any, predictors.ProprioEncoder | None]:
   """`(predictor module, ProprioEncoder | None)` from a converted predictor config."""
-  predictor = predictors.build_predictor(config['kind'], **dict(config['predictor']))
+  predictor = predictors.build_predictor(
+      config['kind'], **predictors.stored_config(config['kind'], dict(config['predictor'])))
   emb_dim = predictor.config.proprio_emb_dim
   return predictor, (predictors.ProprioEncoder(emb_dim) if config['proprio_dim'] else None)

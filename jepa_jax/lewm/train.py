@@ -35,7 +35,6 @@ from typing import Any
 from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jepa_jax import config_sections
@@ -51,65 +50,55 @@ from jepa_jax.representation import encoder as encoder_lib
 from jepa_jax.representation import geometry
 from jepa_jax.representation import sigreg as sigreg_lib
 from jepa_jax.representation import standardise
+from jepa_jax.world_model import config as wm_config
 from jepa_jax.world_model import model as model_lib
 from jepa_jax.world_model import validate
 
 
-@dataclasses.dataclass(frozen=True)
-class LeWMConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LeWMConfig(wm_config.PredictorTrainingConfig):
   """The `lewm` section of the experiment config.
 
+  Loop, optimiser, compute dtype and checkpointing: `TrainLoopConfig`. Predictor (LeWM uses an
+  AdaLN-zero predictor), proprio channel (proprio_emb_dim 0 = pixels only) and the held-out
+  open-loop rollout check: `PredictorTrainingConfig`, as in the `world_model` section.
   encoder: `vit.vit_config` preset + overrides for single frames (tubelet 1); the default
     patch = image size gives one global token per frame, and `readout='cls'` (with
     use_cls_token) LeWorldModel's own latent: the CLS token of a ViT over smaller patches.
-  predictor, predictor_config, proprio_emb_dim: as in the `world_model` section (LeWM uses an
-    AdaLN-zero predictor); proprio_emb_dim 0 = pixels only.
   sigreg_weight: lambda of SIGReg (LeWM: 0.1). Measured on Wall (1000 steps, 20 episodes,
     pixels only): 0.1 -> 25 % success, 0.01 -> 55 %, 0.002 -> 75 %: a strong pull to an
     isotropic 64-D Gaussian folds the 2-D state manifold, so far-apart frames look equally far
     (latent-distance Spearman 0.36 / 0.75 / 0.93); the batch standardisation already rules out
     collapse, SIGReg only has to stop the channels from becoming copies of each other.
   sigreg_directions: random projections per step.
-  batch_size, num_steps, lr, weight_decay, grad_clip_norm, schedule, warmup_steps: AdamW.
-  eval_horizon, eval_batch_size, eval_num_batches: the held-out open-loop rollout check.
   statistics_batches: training batches whose latent mean / std are folded into the export.
   geometry_frames: rendered frames of the geometry measures (pretrain/geometry.py).
   train_encoder: False holds the encoder at its random initialisation (only the predictor and
     the proprio channel learn; the batch standardisation still applies): the same-architecture
     random-encoder baseline of `run_pipeline --ablation`.
   """
-  encoder: dict = dataclasses.field(default_factory=lambda: dict(
-      preset='tiny', image_size=64, patch_size=64, tubelet_size=1, width=64, depth=2,
-      num_heads=4, pos_embed='none'))
+  SECTION = 'lewm'
+  batch_size: int = 32
+  num_steps: int = 1000
   predictor: str = 'adaln_zero'
   predictor_config: dict = dataclasses.field(default_factory=lambda: dict(
       depth=3, num_heads=4, mlp_ratio=4.0))
   proprio_emb_dim: int = 0
+  eval_batch_size: int = 32
+  encoder: dict = dataclasses.field(default_factory=lambda: dict(
+      preset='tiny', image_size=64, patch_size=64, tubelet_size=1, width=64, depth=2,
+      num_heads=4, pos_embed='none'))
   sigreg_weight: float = 0.002
   sigreg_directions: int = 256
-  batch_size: int = 32
-  num_steps: int = 1000
-  lr: float = 1e-3
-  weight_decay: float = 1e-6
-  grad_clip_norm: float = 1.0
-  schedule: str = 'constant'
-  warmup_steps: int = 0
-  proprio_weight: float = 1.0
-  log_every: int = 100
-  checkpoint_every: int = 1000
-  max_to_keep: int = 2
-  eval_horizon: int = 6
-  eval_batch_size: int = 32
-  eval_num_batches: int = 8
   statistics_batches: int = 16
   geometry_frames: int = 2000
   train_encoder: bool = True
 
   def __post_init__(self):
+    super().__post_init__()
+    config_sections.check_keys(self.encoder, encoder_lib.ENCODER_KEYS, 'lewm.encoder')
     config_sections.require_positive(self, 'lewm', (
-        'batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'eval_horizon',
-        'eval_batch_size', 'eval_num_batches', 'sigreg_directions', 'statistics_batches',
-        'geometry_frames'))
+        'sigreg_directions', 'statistics_batches', 'geometry_frames'))
     if self.sigreg_weight < 0:
       raise ValueError(f'lewm.sigreg_weight must be >= 0, got {self.sigreg_weight}')
 
@@ -121,14 +110,15 @@ def as_lewm_config(section: Any) -> LeWMConfig:
 
 def build_model(cfg: LeWMConfig, stats: dict, frameskip: int) -> model_lib.WorldModel:
   """The WorldModel (trainable encoder inside) that training optimises and stage 3 loads."""
-  encoder = vit.ViTEncoder(encoder_lib.encoder_config(cfg.encoder, num_frames=1))
+  dtype = training.DTYPES[cfg.dtype]
+  encoder = vit.ViTEncoder(encoder_lib.encoder_config(cfg.encoder, num_frames=1), dtype)
   if encoder.config.tubelet_size != 1:
     raise ValueError(f'lewm.encoder.tubelet_size must be 1 (frames are encoded one by one), '
                      f'got {encoder.config.tubelet_size}')
   return model_lib.build_world_model(
       encoder=encoder, pixel_mean=vit.IMAGENET_MEAN, pixel_std=vit.IMAGENET_STD,
       predictor_kind=cfg.predictor, predictor_config=cfg.predictor_config,
-      proprio_emb_dim=cfg.proprio_emb_dim, stats=stats, frameskip=frameskip)
+      proprio_emb_dim=cfg.proprio_emb_dim, stats=stats, frameskip=frameskip, dtype=dtype)
 
 
 def encode_with_grad(model: model_lib.WorldModel, encoder_params, frames: jax.Array
@@ -210,9 +200,7 @@ def stage_parts(config: Any, model: model_lib.WorldModel) -> dict:
   topologies."""
   cfg = as_lewm_config(config.get('lewm'))
   data_cfg = trajectories.as_data_config(config.data)
-  tx = training.make_optimizer(
-      learning_rate=cfg.lr, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm,
-      schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps)
+  tx = training.make_optimizer(cfg)
 
   def init_fn(key):
     params = init_params(model, key, data_cfg.num_hist + data_cfg.num_pred)
@@ -259,9 +247,8 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
     kept.update(mesh=mesh, random_encoder=jax.device_get(state['params']['encoder']))
 
   stage = training.Stage(
-      name='lewm', **stage_parts(config, model), make_loader=make_loader, batch_size=cfg.batch_size, num_steps=cfg.num_steps,
-      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-      max_to_keep=cfg.max_to_keep, model_inputs=_model_inputs, on_init=on_init)
+      loop=cfg, **stage_parts(config, model), make_loader=make_loader,
+      model_inputs=_model_inputs, on_init=on_init)
   result = training.run_stage(stage, config, workdir)
   mesh = kept['mesh']
 

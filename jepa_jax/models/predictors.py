@@ -107,25 +107,18 @@ def _concat_proprio(x, proprio_emb):
 PROPRIO_READOUTS = ('per_patch', 'first_patch')
 
 
-def _check_remat(remat: str) -> None:
-  if remat not in layers.REMAT_POLICIES:
-    raise ValueError(f'remat={remat!r} must be one of {tuple(layers.REMAT_POLICIES)}')
-
-
 @dataclasses.dataclass(frozen=True)
-class AdaLNConfig:
-  """AdaLN predictor (docs/reference.md §3a); defaults are the paper's Wall config.
+class PredictorConfig:
+  """What the AdaLN and V-JEPA 2-AC predictors share (docs/reference.md §3a, §3c): pre-LN
+  transformer blocks with 3D RoPE over the frames' patch tokens.
 
-  latent_dim: encoder width Dv. embed_dim: visual width E inside the predictor (None -> Dv);
-  the token width is E + proprio_emb_dim. zero_init: AdaLN-zero (modulation weights 0).
-  max_frames: longest context the model is trained for (documentation; RoPE needs no table).
-  proprio_readout: 'per_patch' (the reference: one proprio prediction per patch,
-    `(B, T, H, W, Pe)`) or 'first_patch' (patch (0, 0) only, `(B, T, Pe)`).
+  latent_dim: encoder width Dv. proprio_emb_dim: Pe (0 = no proprio). action_dim: A.
+  grid_size: (H, W) patch grid of the latents. depth, num_heads, mlp_ratio, qkv_bias,
+  layernorm_eps: the blocks. rope_layout: see `rope.py`.
   remat: gradient checkpointing of each block, a key of `layers.REMAT_POLICIES`
     ('none', 'full', 'dots'); changes memory and speed of training, never the values.
   """
   latent_dim: int = 384
-  embed_dim: int | None = None
   proprio_emb_dim: int = 16
   action_dim: int = 10
   depth: int = 6
@@ -134,18 +127,34 @@ class AdaLNConfig:
   qkv_bias: bool = True
   layernorm_eps: float = 1e-6
   grid_size: tuple[int, int] = (16, 16)
-  max_frames: int = 4
-  zero_init: bool = False
-  modulation_std: float = 0.2
   rope_layout: str = 'reference'
-  proprio_readout: str = 'per_patch'
   remat: str = 'none'
 
   def __post_init__(self):
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f'remat={self.remat!r} must be one of {tuple(layers.REMAT_POLICIES)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaLNConfig(PredictorConfig):
+  """AdaLN predictor (docs/reference.md §3a); defaults are the paper's Wall config.
+
+  embed_dim: visual width E inside the predictor (None -> Dv); the token width is
+  E + proprio_emb_dim. zero_init: AdaLN-zero (modulation weights 0); modulation_std: the
+  truncated-normal std of the modulation weights otherwise.
+  proprio_readout: 'per_patch' (the reference: one proprio prediction per patch,
+    `(B, T, H, W, Pe)`) or 'first_patch' (patch (0, 0) only, `(B, T, Pe)`).
+  """
+  embed_dim: int | None = None
+  zero_init: bool = False
+  modulation_std: float = 0.2
+  proprio_readout: str = 'per_patch'
+
+  def __post_init__(self):
+    super().__post_init__()
     if self.proprio_readout not in PROPRIO_READOUTS:
       raise ValueError(f'proprio_readout={self.proprio_readout!r} must be one of '
                        f'{PROPRIO_READOUTS}')
-    _check_remat(self.remat)
 
   @property
   def width(self) -> int:
@@ -285,24 +294,11 @@ class DinoWMPredictor(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class VJEPA2ACConfig:
-  """V-JEPA 2-AC predictor (docs/reference.md §3c). DROID: latent 1408, embed 1024, depth 24, 16 heads."""
-  latent_dim: int = 384
-  embed_dim: int = 384
-  proprio_emb_dim: int = 16
-  action_dim: int = 10
-  depth: int = 6
-  num_heads: int = 16
-  mlp_ratio: float = 4.0
-  qkv_bias: bool = True
-  layernorm_eps: float = 1e-6
-  grid_size: tuple[int, int] = (16, 16)
-  max_frames: int = 4
-  rope_layout: str = 'reference'
-  remat: str = 'none'  # see AdaLNConfig.remat
+class VJEPA2ACConfig(PredictorConfig):
+  """V-JEPA 2-AC predictor (docs/reference.md §3c). DROID: latent 1408, embed 1024, depth 24, 16 heads.
 
-  def __post_init__(self):
-    _check_remat(self.remat)
+  embed_dim: token width E inside the predictor."""
+  embed_dim: int = 384
 
 
 class VJEPA2ACPredictor(nn.Module):
@@ -352,7 +348,20 @@ class VJEPA2ACPredictor(nn.Module):
     return visual, proprio
 
 
-PREDICTOR_KINDS = ('adaln', 'adaln_zero', 'dino_wm', 'vjepa2_ac')
+# Kind -> its config dataclass ('adaln_zero' is AdaLN with zero_init forced).
+PREDICTOR_CONFIGS = {'adaln': AdaLNConfig, 'adaln_zero': AdaLNConfig, 'dino_wm': DinoWMConfig,
+                     'vjepa2_ac': VJEPA2ACConfig}
+PREDICTOR_KINDS = tuple(PREDICTOR_CONFIGS)
+_MODULES = {AdaLNConfig: AdaLNPredictor, DinoWMConfig: DinoWMPredictor,
+            VJEPA2ACConfig: VJEPA2ACPredictor}
+
+
+def stored_config(kind: str, config: dict) -> dict:
+  """A predictor config as an export stored it, in today's keys: exports written before
+  AdaLN / V-JEPA 2-AC dropped `max_frames` (it only documented the context length) still load."""
+  if PREDICTOR_CONFIGS.get(kind) in (AdaLNConfig, VJEPA2ACConfig):
+    return {k: v for k, v in config.items() if k != 'max_frames'}
+  return dict(config)
 
 
 def build_predictor(kind: str, dtype: Dtype = jnp.float32, **config) -> nn.Module:
@@ -361,14 +370,11 @@ def build_predictor(kind: str, dtype: Dtype = jnp.float32, **config) -> nn.Modul
   kinds: 'adaln', 'adaln_zero' (AdaLNConfig, zero_init forced), 'dino_wm' (DinoWMConfig),
   'vjepa2_ac' (VJEPA2ACConfig). `grid_size` may be a list (it is turned into a tuple).
   """
+  if kind not in PREDICTOR_CONFIGS:
+    raise ValueError(f'unknown predictor kind {kind!r}; choose one of {PREDICTOR_KINDS}')
   if 'grid_size' in config:
     config['grid_size'] = tuple(config['grid_size'])
-  if kind in ('adaln', 'adaln_zero'):
-    if kind == 'adaln_zero':
-      config['zero_init'] = True
-    return AdaLNPredictor(AdaLNConfig(**config), dtype)
-  if kind == 'dino_wm':
-    return DinoWMPredictor(DinoWMConfig(**config), dtype)
-  if kind == 'vjepa2_ac':
-    return VJEPA2ACPredictor(VJEPA2ACConfig(**config), dtype)
-  raise ValueError(f'unknown predictor kind {kind!r}; choose one of {PREDICTOR_KINDS}')
+  if kind == 'adaln_zero':
+    config['zero_init'] = True
+  config_cls = PREDICTOR_CONFIGS[kind]
+  return _MODULES[config_cls](config_cls(**config), dtype)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jepa_jax.models import layers
+from jepa_jax.models import cpu_blocking
 
 # Working set of one CPU chunk: a quarter of a 32 MiB L3, a few times a core's L2 (measured:
 # 2-16 MiB chunks run within noise of each other, all at once 1.4-1.5x slower).
@@ -35,7 +35,7 @@ def cpu_chunk_size(num_candidates: int, latent_shape: Sequence[int]) -> int:
   MLP hidden layer of a 2-frame window: 2 frames x h*w tokens x (4 x D) channels x 4 bytes
   for a latent of shape `latent_shape` (h, w, D) (MLP ratio 4, float32).
   """
-  return layers.cpu_cache_block(num_candidates, 2 * 4 * 4 * math.prod(latent_shape),
+  return cpu_blocking.cpu_cache_block(num_candidates, 2 * 4 * 4 * math.prod(latent_shape),
                                 CPU_CHUNK_BYTES)
 
 

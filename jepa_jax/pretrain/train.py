@@ -66,23 +66,25 @@ from jepa_jax.representation import probe as probe_lib
 from jepa_jax.representation import sigreg as sigreg_lib
 from jepa_jax.representation import standardise
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'vjepa': docs/reference.md §1; 'vjepa_sigreg': plus sigreg_weight * SIGReg of the context encoder's
 # output tokens (docs/reference.md §9). The end-to-end 'lewm' objective lives in jepa_jax.lewm.
 OBJECTIVES = ('vjepa', 'vjepa_sigreg')
 SIGREG_SAMPLES = ('tokens', 'frames')
+# Masked-predictor keys `predictor_config` derives from the encoder and the mask groups.
+DERIVED_PREDICTOR_KEYS = ('embed_dim', 'pos_embed', 'num_mask_tokens', 'out_dim')
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainConfig(training.TrainLoopConfig):
   """The `pretrain` section of experiments/configs/wall.py.
 
-  Clips: `num_frames` frames every `frameskip` env steps. Optimiser: AdamW (`lr`,
-  `weight_decay`, `lr_schedule` in {'constant', 'warmup_cosine'}, `warmup_steps`,
-  `final_lr_ratio`, `grad_clip_norm`, 0 = off). EMA: `ema_momentum`, optionally ramped
-  linearly to `ema_momentum_end` over the run. Masks: `mask_groups` as dicts of
-  `masks.MaskGroupSpec` fields; fixed counts from the `mask_count_quantile` quantile.
-  Predictor: `predictor` dict of `MaskedPredictorConfig` fields (width, depth, num_heads, ...).
+  Loop, optimiser (AdamW; `schedule` 'warmup_cosine' by default, ending at
+  `final_lr_ratio * lr`), compute dtype and checkpointing: `TrainLoopConfig` (batch_size and
+  num_steps have no default). Clips: `num_frames` frames every `frameskip` env steps. EMA:
+  `ema_momentum`, optionally ramped linearly to `ema_momentum_end` over the run. Masks:
+  `mask_groups` as dicts of `masks.MaskGroupSpec` fields; fixed counts from the
+  `mask_count_quantile` quantile. Predictor: `predictor` dict of `MaskedPredictorConfig` fields
+  (width, depth, num_heads, ...; not the ones derived from the encoder, DERIVED_PREDICTOR_KEYS).
   Dense loss (V-JEPA 2.1): `dense_loss`, targets from encoder blocks `dense_target_layers`,
   context-token term (each token weighted by 1 / sqrt of its distance to the mask) weighted by
   `dense_context_weight`, ramped in linearly from 0 at step `dense_ramp_steps[0]` to full at
@@ -96,16 +98,15 @@ class PretrainConfig:
   steps (0 = only at the end) on `geometry_frames` rendered frames. Probe: frames of the first
   `probe_train_trajectories` train and `probe_val_trajectories` validation trajectories.
   """
-  batch_size: int
-  num_steps: int
+  SECTION = 'pretrain'
+  weight_decay: float = 0.04
+  schedule: str = 'warmup_cosine'
+  warmup_steps: int = 100
+  grad_clip_norm: float = 0.0
+  log_every: int = 50
+  checkpoint_every: int = 500
   num_frames: int = 4
   frameskip: int = 5
-  lr: float = 1e-3
-  weight_decay: float = 0.04
-  lr_schedule: str = 'warmup_cosine'
-  warmup_steps: int = 100
-  final_lr_ratio: float = 0.0
-  grad_clip_norm: float = 0.0
   ema_momentum: float = 0.99925
   ema_momentum_end: float | None = None
   mask_groups: Sequence[dict] = (dict(num_blocks=8, spatial_scale=0.15),
@@ -127,15 +128,12 @@ class PretrainConfig:
   geometry_frames: int = 2000
   pixel_mean: Sequence[float] = vit.IMAGENET_MEAN
   pixel_std: Sequence[float] = vit.IMAGENET_STD
-  dtype: str = 'float32'
-  log_every: int = 50
-  checkpoint_every: int = 500
-  max_to_keep: int = 2
   probe_train_trajectories: int = 100
   probe_val_trajectories: int = 50
   probe_batch_size: int = 256
 
   def __post_init__(self):
+    super().__post_init__()
     if self.objective not in OBJECTIVES:
       hint = (" (LeWM is a method of its own: --config.method=lewm)"
               if self.objective == 'lewm' else '')
@@ -147,11 +145,11 @@ class PretrainConfig:
     if self.sigreg_weight < 0 or self.geometry_every < 0:
       raise ValueError('pretrain.sigreg_weight and pretrain.geometry_every must be >= 0')
     config_sections.require_positive(self, 'pretrain', (
-        'batch_size', 'num_steps', 'num_frames', 'frameskip', 'log_every', 'checkpoint_every',
-        'probe_train_trajectories', 'probe_val_trajectories', 'sigreg_directions',
-        'geometry_frames'))
-    if self.dtype not in DTYPES:
-      raise ValueError(f'pretrain.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}')
+        'num_frames', 'frameskip', 'probe_train_trajectories', 'probe_val_trajectories',
+        'sigreg_directions', 'geometry_frames'))
+    predictor_keys = config_sections.field_names(masked_predictor_lib.MaskedPredictorConfig,
+                                                 exclude=DERIVED_PREDICTOR_KEYS)
+    config_sections.check_keys(self.predictor, predictor_keys, 'pretrain.predictor')
     for name in ('ema_momentum', 'ema_momentum_end'):
       value = getattr(self, name)
       if value is not None and not 0.0 <= value <= 1.0:
@@ -177,12 +175,10 @@ def predictor_config(cfg: PretrainConfig, vit_config: vit.ViTConfig
   position scheme (RoPE stays RoPE; tables become the fixed sincos3d table), and an output of
   `D * len(dense_target_layers)` features for the multi-level dense targets."""
   levels = len(cfg.dense_target_layers) if cfg.dense_loss else 1
-  return masked_predictor_lib.MaskedPredictorConfig(**{
-      'embed_dim': vit_config.width,
-      'pos_embed': 'rope3d' if vit_config.pos_embed == 'rope3d' else 'sincos3d',
-      'num_mask_tokens': len(cfg.mask_groups),
-      'out_dim': vit_config.width * levels,
-      **dict(cfg.predictor)})
+  return masked_predictor_lib.MaskedPredictorConfig(
+      **dict(cfg.predictor), embed_dim=vit_config.width,
+      pos_embed='rope3d' if vit_config.pos_embed == 'rope3d' else 'sincos3d',
+      num_mask_tokens=len(cfg.mask_groups), out_dim=vit_config.width * levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,20 +205,11 @@ def build_models(config: Any) -> Models:
                  for g in cfg.mask_groups)
   counts = tuple(masks_lib.mask_token_counts(g, grid, quantile=cfg.mask_count_quantile,
                                              seed=int(config.seed)) for g in groups)
-  dtype = DTYPES[cfg.dtype]
+  dtype = training.DTYPES[cfg.dtype]
   return Models(encoder=vit.ViTEncoder(vit_config, dtype),
                 predictor=masked_predictor_lib.MaskedPredictor(
                     predictor_config(cfg, vit_config), dtype),
                 grid=grid, mask_groups=groups, mask_counts=counts)
-
-
-def make_optimizer(cfg: PretrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW (training.make_optimizer) and its learning-rate schedule (for logging)."""
-  kwargs = dict(learning_rate=cfg.lr, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-                total_steps=cfg.num_steps, final_lr_ratio=cfg.final_lr_ratio)
-  optimizer = training.make_optimizer(weight_decay=cfg.weight_decay,
-                                      grad_clip_norm=cfg.grad_clip_norm or None, **kwargs)
-  return optimizer, training.make_schedule(**kwargs)
 
 
 def ema_momentum(cfg: PretrainConfig, step: jax.Array) -> jax.Array:
@@ -433,7 +420,7 @@ def stage_parts(config: Any) -> tuple[Models, PretrainConfig, dict]:
   the stage harness, and what `jepa_jax.aot` compiles for TPU topologies)."""
   cfg = as_pretrain_config(config.pretrain)
   models = build_models(config)
-  optimizer, schedule = make_optimizer(cfg)
+  optimizer, schedule = training.make_optimizer(cfg), training.learning_rate_schedule(cfg)
   return models, cfg, dict(
       init_fn=functools.partial(init_state, models=models, optimizer=optimizer),
       step_fn=make_train_step(models, cfg, optimizer, schedule, int(config.seed)))
@@ -574,9 +561,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
             **{f'{k}_random_encoder': v for k, v in random_geometry.items() if np.ndim(v) == 0}}
 
   stage = training.Stage(
-      name='pretrain', **parts, make_loader=make_loader, batch_size=cfg.batch_size,
-      num_steps=cfg.num_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-      max_to_keep=cfg.max_to_keep, model_inputs=model_batch,
+      loop=cfg, **parts, make_loader=make_loader, model_inputs=model_batch,
       settings=('env', 'seed', 'data', 'encoder'),
       eval_fn=geometry_eval if cfg.geometry_every else None,
       eval_every=cfg.geometry_every or None, on_init=on_init)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from jepa_jax import config_sections
 from jepa_jax.models import vit
+
+# The keys of an `encoder` section: a size preset of `vit.vit_config` and ViTConfig overrides.
+ENCODER_KEYS = ('preset',) + config_sections.field_names(vit.ViTConfig)
 
 
 def encoder_config(encoder_section: Any, num_frames: int) -> vit.ViTConfig:

@@ -1,5 +1,6 @@
 """Stage 2: the action-conditioned world model on a frozen encoder.
 
+config.py    PredictorTrainingConfig: the settings the world_model and lewm sections share
 model.py     WorldModel (encode / encode_proprio / predict / unroll / env_actions) and its export
 losses.py    teacher forcing + "2roll" multistep rollout loss
 train.py     jitted, sharded train step and `train(config, workdir, data_dir, encoder_path)`

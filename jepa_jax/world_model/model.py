@@ -33,6 +33,8 @@ from jepa_jax.models import vit
 MODEL_KIND = 'world_model'
 ENCODER_KIND = 'vit'
 STAT_KEYS = ('action_mean', 'action_std', 'proprio_mean', 'proprio_std')
+# Predictor config keys `build_world_model` derives from the encoder and the data.
+DERIVED_PREDICTOR_KEYS = ('latent_dim', 'grid_size', 'action_dim', 'proprio_emb_dim')
 
 
 def broadcast_proprio(pe, like):
@@ -297,8 +299,8 @@ def build_world_model(*, encoder: nn.Module, pixel_mean, pixel_std, predictor_ki
   """Assembles a WorldModel around `encoder`.
 
   predictor_config: keys of the predictor's config dataclass except the ones derived here from
-    the encoder and the data (latent_dim, grid_size, action_dim, proprio_emb_dim); keys that are
-    given anyway must agree. proprio_emb_dim: Pe, or 0 for a model without proprioception.
+    the encoder and the data (DERIVED_PREDICTOR_KEYS); keys that are given anyway (a stored
+    export's config) must agree. proprio_emb_dim: Pe, or 0 for a model without proprioception.
     residual: see WorldModel.
   """
   missing = [k for k in STAT_KEYS if k not in stats]
@@ -368,7 +370,8 @@ def load_world_model(path: str | os.PathLike, dtype=jnp.float32):
   model = build_world_model(
       encoder=encoder, pixel_mean=np.ravel(extra['pixel_mean']).tolist(),
       pixel_std=np.ravel(extra['pixel_std']).tolist(), predictor_kind=config['predictor_kind'],
-      predictor_config=_tuples(config['predictor']),
+      predictor_config=predictors_lib.stored_config(config['predictor_kind'],
+                                                    _tuples(config['predictor'])),
       proprio_emb_dim=int(config['proprio_emb_dim']),
       stats={k: extra[k] for k in STAT_KEYS}, frameskip=int(extra['frameskip']),
       residual=bool(config.get('residual', False)), dtype=dtype)

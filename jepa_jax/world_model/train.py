@@ -29,80 +29,50 @@ from jepa_jax import training
 from jepa_jax.data import pipeline
 from jepa_jax.data import stats as stats_lib
 from jepa_jax.data import trajectories
+from jepa_jax.world_model import config as wm_config
 from jepa_jax.world_model import losses
 from jepa_jax.world_model import model as model_lib
 from jepa_jax.world_model import validate
 
-COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
-
-@dataclasses.dataclass(frozen=True)
-class WorldModelConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorldModelConfig(wm_config.PredictorTrainingConfig):
   """The `world_model` section of an experiment config; defaults are the paper's (docs/reference.md §4).
 
-  predictor: 'adaln' (default), 'adaln_zero', 'dino_wm' or 'vjepa2_ac'.
-  predictor_config: keys of that predictor's config dataclass (depth, num_heads, embed_dim, ...);
-    latent_dim, grid_size, action_dim and proprio_emb_dim are derived from the encoder and data.
-  proprio_emb_dim: proprio embedding width Pe; 0 trains without proprioception.
+  Loop, optimiser (AdamW, no decay on biases/norms; the decay follows a cosine from
+  weight_decay_start to weight_decay), compute dtype and checkpointing: `TrainLoopConfig`.
+  Predictor, proprio channel and validation: `PredictorTrainingConfig`.
   residual: predict the change of the latent (z_next = z + out) instead of the latent itself
     (False = the reference; see model.WorldModel).
-  batch_size: global batch (split over hosts and the mesh's data axes).
-  lr, weight_decay, grad_clip_norm, schedule, warmup_steps: AdamW (no decay on biases/norms);
-    weight_decay_start: the decay follows a cosine from it to weight_decay (None: constant).
-  compute_dtype: 'float32' or 'bfloat16' (params and optimiser state stay float32).
   l2_weight, l1_weight, cosine_weight, proprio_weight, rollout_steps: see losses.LossConfig.
   eval_every: validation every this many steps (0: only at the end).
-  eval_horizon: open-loop rollout steps k of the validation; eval_batch_size, eval_num_batches:
-    validation clips = their product (from the validation split).
   """
-  predictor: str = 'adaln'
-  predictor_config: dict = dataclasses.field(
-      default_factory=lambda: dict(depth=6, num_heads=16, mlp_ratio=4.0))
-  proprio_emb_dim: int = 16
-  residual: bool = False
+  SECTION = 'world_model'
   batch_size: int = 128
   num_steps: int = 50_000
   lr: float = 5e-4
-  weight_decay: float = 1e-6
   weight_decay_start: float | None = 1e-7
-  grad_clip_norm: float = 1.0
-  schedule: str = 'constant'
-  warmup_steps: int = 0
-  compute_dtype: str = 'bfloat16'
+  dtype: str = 'bfloat16'
+  checkpoint_every: int = 2000
+  max_to_keep: int = 3
+  residual: bool = False
   l2_weight: float = 1.0
   l1_weight: float = 0.0
   cosine_weight: float = 0.0
-  proprio_weight: float = 1.0
   rollout_steps: int = 2
-  log_every: int = 100
-  checkpoint_every: int = 2000
-  max_to_keep: int = 3
   eval_every: int = 0
-  eval_horizon: int = 6
-  eval_batch_size: int = 64
-  eval_num_batches: int = 8
 
   def __post_init__(self):
-    if self.compute_dtype not in COMPUTE_DTYPES:
-      raise ValueError(f'world_model.compute_dtype={self.compute_dtype!r}; choose one of '
-                       f'{tuple(COMPUTE_DTYPES)}')
-    config_sections.require_positive(self, 'world_model', (
-        'batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'eval_horizon',
-        'eval_batch_size', 'eval_num_batches'))
+    super().__post_init__()
+    if self.eval_every < 0:
+      raise ValueError(f'world_model.eval_every must be >= 0 (0: only at the end), got '
+                       f'{self.eval_every}')
 
   def loss_config(self, rollout_context: int) -> losses.LossConfig:
     return losses.LossConfig(
         l2_weight=self.l2_weight, l1_weight=self.l1_weight, cosine_weight=self.cosine_weight,
         proprio_weight=self.proprio_weight, rollout_steps=self.rollout_steps,
         rollout_context=rollout_context)
-
-
-def make_optimizer(cfg: WorldModelConfig) -> optax.GradientTransformation:
-  """AdamW(0.9, 0.999, 1e-8), decay on matrices only (cosine schedule), clipping, lr schedule."""
-  return training.make_optimizer(
-      learning_rate=cfg.lr, weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm,
-      schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.num_steps,
-      weight_decay_start=cfg.weight_decay_start)
 
 
 def init_state(model: model_lib.WorldModel, tx, key, num_frames: int) -> dict:
@@ -156,7 +126,7 @@ def as_world_model_config(section: Any) -> WorldModelConfig:
 
 def build_model(config, dataset_dir: str, encoder_path: str) -> tuple[Any, Any]:
   """(WorldModel, frozen encoder params) from the config, the dataset stats and the encoder."""
-  dtype = COMPUTE_DTYPES[as_world_model_config(config.world_model).compute_dtype]
+  dtype = training.DTYPES[as_world_model_config(config.world_model).dtype]
   encoder, encoder_params, pixel_mean, pixel_std = model_lib.load_encoder(encoder_path, dtype)
   model = assemble_model(config, encoder, pixel_mean, pixel_std,
                          stats_lib.load_stats(dataset_dir), dtype)
@@ -181,7 +151,7 @@ def stage_parts(config, model: model_lib.WorldModel) -> dict:
   compiles for TPU topologies."""
   cfg = as_world_model_config(config.world_model)
   data_cfg = trajectories.as_data_config(config.data)
-  tx = make_optimizer(cfg)
+  tx = training.make_optimizer(cfg)
   return dict(
       init_fn=functools.partial(init_state, model, tx,
                                 num_frames=data_cfg.num_hist + data_cfg.num_pred),
@@ -235,10 +205,8 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
     placed.update(mesh=mesh, encoder=frozen[0])
 
   stage = training.Stage(
-      name='world_model', **stage_parts(config, model), make_loader=make_loader,
-      batch_size=cfg.batch_size, num_steps=cfg.num_steps,
-      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-      max_to_keep=cfg.max_to_keep, frozen=(encoder_params,), model_inputs=_model_inputs,
+      loop=cfg, **stage_parts(config, model), make_loader=make_loader,
+      frozen=(encoder_params,), model_inputs=_model_inputs,
       settings=('env', 'seed', 'data'),
       eval_fn=eval_fn, eval_every=cfg.eval_every or cfg.num_steps, on_init=on_init)
   result = training.run_stage(stage, config, workdir)
@@ -256,7 +224,7 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
     model_lib.save_world_model(model_dir, model, trained)
   summary = {
       'num_steps': step,
-      'train_time_s': result.loop.seconds,
+      'train_seconds': result.loop.seconds,
       'steps_per_sec': result.loop.steps_per_sec,
       'final_train_metrics': result.metrics,
       'eval_horizon': cfg.eval_horizon,

@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from jepa_jax import training
 from jepa_jax.lewm.train import LeWMConfig, as_lewm_config
+from jepa_jax.planning.config import as_planning_config
 from jepa_jax.pretrain.train import PretrainConfig, as_pretrain_config
 from jepa_jax.world_model.train import WorldModelConfig, as_world_model_config
 
@@ -125,3 +126,16 @@ def test_renamed_keys_are_set_from_flags_and_the_old_names_are_refused():
                     ('--config.world_model.compute_dtype=float32', 'compute_dtype')):
     with pytest.raises((KeyError, AttributeError), match=name):  # config_flags: no such key
       _parse(old)
+
+
+def test_settings_unset_by_default_are_set_from_flags():
+  """A field whose default is None (an unset EMA ramp end, weight-decay start, action bound)
+  takes a value from a flag, and stays None without one."""
+  config = _parse('--config.pretrain.ema_momentum_end=0.999',
+                  '--config.lewm.weight_decay_start=0.01',
+                  '--config.planning.action_low=-1.0', '--config.planning.action_high=(0.5,1.0)')
+  assert as_pretrain_config(config.pretrain).ema_momentum_end == 0.999
+  assert as_lewm_config(config.lewm).weight_decay_start == 0.01
+  planning = as_planning_config(config.planning)
+  assert (planning.action_low, planning.action_high) == (-1.0, (0.5, 1.0))
+  assert as_pretrain_config(_parse().pretrain).ema_momentum_end is None

@@ -20,7 +20,11 @@ config file (`wall.py`, `point_maze.py`, `push_t.py`) sets only what its variant
 
 import dataclasses
 
+import typing
+from typing import Any
+
 import ml_collections
+from ml_collections import config_dict
 
 from jepa_jax.data import trajectories
 from jepa_jax.lewm.train import LeWMConfig
@@ -36,8 +40,20 @@ def _section(dataclass_instance) -> ml_collections.ConfigDict:
   tuples, which a `--config.<section>.<key>='(...)'` flag can override; a nested dict or
   dataclass field, such as `planning.cem`, as a nested section: `--config.planning.cem.<key>`)."""
   values = dataclasses.asdict(dataclass_instance)
+  types = {field.name: field.type for field in dataclasses.fields(dataclass_instance)}
   return ml_collections.ConfigDict(
-      {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+      {k: tuple(v) if isinstance(v, list) else _unset(types[k]) if v is None else v
+       for k, v in values.items()})
+
+
+def _unset(annotation) -> Any:
+  """A field whose default is None (unset) as a typed placeholder, so a flag can set it: a
+  ConfigDict cannot infer a type from None. `float | None` -> float, `int | None` -> int;
+  anything else (a scalar-or-sequence bound) takes a literal (`--config.x='(0.5, 1.0)'`)."""
+  for kind in (int, float):
+    if annotation in (kind | None, typing.Optional[kind]):
+      return config_dict.placeholder(kind)
+  return config_dict.placeholder(object)
 
 
 def get_config(env: str, variant: str) -> ml_collections.ConfigDict:

@@ -81,10 +81,11 @@ class BenchSpec:
   heads: int = 16
   proprio_emb_dim: int = 16
   action_dim: int = 10
-  samples: int = 300
-  iters: int = 30
-  elites: int = 10
-  horizon: int = 6
+  # The planner budget defaults to the paper's CEM (declared once, in cem.CEMConfig).
+  samples: int = cem.CEMConfig.num_samples
+  iters: int = cem.CEMConfig.num_iters
+  elites: int = cem.CEMConfig.num_elites
+  horizon: int = cem.CEMConfig.horizon
   episodes: tuple = (1,)
   dtype: str = 'float32'
   proprio_readout: str = 'per_patch'

@@ -40,7 +40,7 @@ def _section(dataclass_instance) -> ml_collections.ConfigDict:
   tuples, which a `--config.<section>.<key>='(...)'` flag can override; a nested dict or
   dataclass field, such as `planning.cem`, as a nested section: `--config.planning.cem.<key>`)."""
   values = dataclasses.asdict(dataclass_instance)
-  types = {field.name: field.type for field in dataclasses.fields(dataclass_instance)}
+  types = typing.get_type_hints(type(dataclass_instance))  # resolves string annotations
   return ml_collections.ConfigDict(
       {k: tuple(v) if isinstance(v, list) else _unset(types[k]) if v is None else v
        for k, v in values.items()})
@@ -114,7 +114,7 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # a light SIGReg over per-frame pooled features (it planned best; heavier made it worse).
   config.encoder = ml_collections.ConfigDict(dict(
       preset='tiny', image_size=64, patch_size=64, tubelet_size=1, width=96, depth=4,
-      num_heads=4, pos_embed='sincos3d'))
+      num_heads=4, pos_embed='sincos3d', stem_channels=()))  # named so a flag can set it
   config.pretrain.update(
       batch_size=16 if smoke else 32, num_steps=30 if smoke else 600, num_frames=4, lr=1e-3,
       warmup_steps=5 if smoke else 50, grad_clip_norm=1.0,

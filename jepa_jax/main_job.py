@@ -26,7 +26,7 @@ Layout of `workdir`:
 import json
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from absl import logging
 

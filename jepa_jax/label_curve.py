@@ -29,7 +29,7 @@ import os
 import time
 from typing import Sequence
 
-from jepa_jax import layout, main_job, outputs
+from jepa_jax import console, layout, main_job, outputs
 from jepa_jax.data import pipeline
 from jepa_jax.planning import confidence
 from jepa_jax.pretrain import train as pretrain_train
@@ -142,9 +142,10 @@ def _run_locked(config, workdir: str, fractions: tuple, overwrite: bool) -> dict
       fractions=list(fractions), rows=list(first_rows),
       cell_names={cell: name for cell, (_, name) in CELLS.items()}, floor=FLOOR, cells=cells,
       seconds=time.perf_counter() - start)
-  outputs.write_json(os.path.join(workdir, 'label_curve.json'), curve)
-  plot(os.path.join(workdir, 'label_curve.png'), curve)
+  json_path = outputs.write_json(os.path.join(workdir, 'label_curve.json'), curve)
+  png_path = plot(os.path.join(workdir, 'label_curve.png'), curve)
   print(format_curve(curve), flush=True)
+  console.result('label-efficiency curve', f'{json_path}, {png_path}')
   return curve
 
 

@@ -26,7 +26,7 @@ Layout of `workdir`:
 import json
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from absl import logging
 
@@ -41,7 +41,8 @@ from jepa_jax.world_model import train as world_model_train
 
 STAGE_LABELS = {'data': 'data', 'pretrain': 'stage 1 (encoder)',
                 'world_model': 'stage 2 (world model)', 'lewm': 'LeWM (encoder + world model)',
-                'planning': 'stage 3 (planning)'}
+                'planning': 'stage 3 (planning)',
+                'random_encoder': "stage 1's random init (encoder)"}
 # The config sections each stage reads; a stage depends on its own and all earlier ones.
 STAGE_SECTIONS = {
     'data': ('env', 'seed', 'data'),
@@ -114,15 +115,31 @@ def _move_aside(path: str) -> str:
   return f'{path}.replaced-{n}'
 
 
-def _run_stage(stage_dir: str, stage: str, settings: dict, run: Callable[[], dict],
-               overwrite: bool) -> dict:
+def _finished_record(stage_dir: str) -> Optional[dict]:
+  """The `stage_done.json` record of a finished stage ({'result', 'seconds', 'settings'}), or
+  None when the stage has not finished."""
+  marker = os.path.join(stage_dir, 'stage_done.json')
+  if not os.path.exists(marker):
+    return None
+  with open(marker) as f:
+    return json.load(f)
+
+
+def finished_with(stage_dir: str, settings: dict) -> bool:
+  """True when the stage in `stage_dir` finished with `settings` (neutral keys aside)."""
+  done = _finished_record(stage_dir)
+  return done is not None and not config_diff.differences(
+      done.get('settings', {}), settings, ignore=NEUTRAL_KEYS)
+
+
+def run_stage(stage_dir: str, stage: str, settings: dict, run: Callable[[], dict],
+              overwrite: bool) -> dict:
   """Runs one stage unless it finished with the same settings; returns {'result', 'seconds',
   'settings'}."""
   label = STAGE_LABELS[stage]
   marker = os.path.join(stage_dir, 'stage_done.json')
-  if os.path.exists(marker):
-    with open(marker) as f:
-      done = json.load(f)
+  done = _finished_record(stage_dir)
+  if done is not None:
     changed = config_diff.differences(done.get('settings', {}), settings, ignore=NEUTRAL_KEYS)
     if not changed:
       console.result(label, f'already done, skipped ({marker})')
@@ -144,6 +161,36 @@ def _run_stage(stage_dir: str, stage: str, settings: dict, run: Callable[[], dic
   outputs.write_json(marker, done)
   console.result(label, f"done in {done['seconds']:.0f} s ({stage_dir})")
   return done
+
+
+def run_stages(config, dirs: dict, overwrite: bool, *, data_dir: str,
+               encoder_path: Optional[str] = None, extra_settings: Optional[dict] = None) -> dict:
+  """Runs the stages of `config.method` named in `dirs` ({stage: folder}), in order, each with
+  `run_stage` (resumable, skipped when finished with the same settings); returns {stage:
+  its stage_done record}.
+
+  data_dir: the dataset every stage reads (the 'data' stage generates it when in `dirs`);
+  encoder_path: the frozen encoder stage 2 trains on (three_stage); stage 3 plans with the
+  export of `dirs[<model stage>]`; extra_settings: added to every stage's recorded settings
+  (inputs the config does not name, e.g. a random-init encoder's path).
+  """
+  stages = {}
+  model_dir = dirs.get(layout.model_stage(config.method))
+  runners = {
+      'data': lambda: dict(trajectories.describe(
+          trajectories.generate(data_dir, config.env, config.data, config.seed))),
+      'pretrain': lambda: pretrain_train.train(config, dirs['pretrain'], data_dir),
+      'world_model': lambda: world_model_train.train(config, dirs['world_model'], data_dir,
+                                                     encoder_path),
+      'lewm': lambda: lewm_train.train(config, dirs['lewm'], data_dir),
+      'planning': lambda: planning_run.run_planning(dirs['planning'], config,
+                                                    os.path.join(model_dir, 'model')),
+  }
+  for stage in layout.stages(config.method):
+    if stage in dirs:
+      settings = {**stage_settings(config, stage), **(extra_settings or {})}
+      stages[stage] = run_stage(dirs[stage], stage, settings, runners[stage], overwrite)
+  return stages
 
 
 def run_job(config, workdir: str, *, overwrite: bool = False, seeds: int = 1,
@@ -176,26 +223,11 @@ def run_job(config, workdir: str, *, overwrite: bool = False, seeds: int = 1,
 
 def _run_locked(config, workdir: str, overwrite: bool, ablation: bool = False) -> dict:
   dirs = {stage: os.path.join(workdir, stage) for stage in layout.stages(config.method)}
-  stages = {}
-
-  def run(stage, fn):
-    stages[stage] = _run_stage(dirs[stage], stage, stage_settings(config, stage), fn, overwrite)
-    return stages[stage]['result']
-
-  run('data', lambda: dict(trajectories.describe(
-      trajectories.generate(dirs['data'], config.env, config.data, config.seed))))
-  if is_end_to_end(config):
-    run('lewm', lambda: lewm_train.train(config, dirs['lewm'], dirs['data']))
-  else:
-    if config.encoder_source == 'export':  # a converted encoder: stage 1 has nothing to do
-      encoder_path = config.encoder_export
-    else:
-      run('pretrain', lambda: pretrain_train.train(config, dirs['pretrain'], dirs['data']))
-      encoder_path = os.path.join(workdir, layout.ENCODER_EXPORT)
-    run('world_model', lambda: world_model_train.train(
-        config, dirs['world_model'], dirs['data'], encoder_path))
-  run('planning', lambda: planning_run.run_planning(
-      dirs['planning'], config, os.path.join(workdir, layout.world_model_export(config.method))))
+  encoder_path = os.path.join(workdir, layout.ENCODER_EXPORT)
+  if not is_end_to_end(config) and config.encoder_source == 'export':
+    del dirs['pretrain']  # a converted encoder: stage 1 has nothing to do
+    encoder_path = config.encoder_export
+  stages = run_stages(config, dirs, overwrite, data_dir=dirs['data'], encoder_path=encoder_path)
   summary = summarise(config, stages)
   if ablation:
     table = run_ablation(config, workdir, dirs['data'], overwrite)
@@ -252,7 +284,7 @@ def run_ablation(config, workdir: str, data_dir: str, overwrite: bool) -> dict:
       row_config.planning_extra = {}
       row_dir = os.path.join(root, encoder_name, f'planning_{row}')
       settings = {**stage_settings(row_config, 'planning'), 'world_model': models[model_name]}
-      result = _run_stage(row_dir, 'planning', settings, lambda: planning_run.run_planning(
+      result = run_stage(row_dir, 'planning', settings, lambda: planning_run.run_planning(
           row_dir, row_config, models[model_name]), overwrite)['result']
       rows[f'{row}/{encoder_name}'] = dict(
           success_rate=result['success_rate'], success_ci=result['success_ci'],
@@ -278,19 +310,18 @@ def _ablation_world_model(config, workdir: str, data_dir: str, encoder_name: str
   model_config = config.copy_and_resolve_references()
   model_config[section].proprio_emb_dim = proprio_dim
   stage_dir = os.path.join(workdir, 'ablation', encoder_name, model_name)
+  encoder_path, extra_settings = None, {}
   if end_to_end:
     model_config.lewm.train_encoder = encoder_name == 'trained'
-    settings = stage_settings(model_config, section)
-    train = lambda: lewm_train.train(model_config, stage_dir, data_dir)
   else:
     encoder_path = os.path.join(workdir, layout.ENCODER_EXPORT)
     if encoder_name == 'random_encoder':
       encoder_path = os.path.join(workdir, 'ablation', 'random_encoder', 'encoder')
       if not os.path.isdir(encoder_path):
         pretrain_train.export_random_encoder(config, encoder_path, data_dir)
-    settings = {**stage_settings(model_config, 'world_model'), 'encoder_path': encoder_path}
-    train = lambda: world_model_train.train(model_config, stage_dir, data_dir, encoder_path)
-  _run_stage(stage_dir, section, settings, train, overwrite)
+    extra_settings = {'encoder_path': encoder_path}
+  run_stages(model_config, {section: stage_dir}, overwrite, data_dir=data_dir,
+             encoder_path=encoder_path, extra_settings=extra_settings)
   return os.path.join(stage_dir, 'model')
 
 

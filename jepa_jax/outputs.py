@@ -1,6 +1,7 @@
 """Safe outputs: strict atomic JSON, output folders that never swallow user data, workdir locks.
 
   write_json(path, payload)                     atomic, strict JSON (NaN/Inf -> null), process 0
+  write_atomically(path, write)                 any file (e.g. a PNG), atomic, process 0
   prepare_output_dir(path, kind=..., inputs=()) refuse foreign / input-overlapping folders,
                                                 check writability before any work, mark as ours
   with WorkdirLock(workdir): ...                one process (group) per workdir
@@ -19,7 +20,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from absl import logging
@@ -82,11 +83,13 @@ def dumps(payload: Any) -> str:
   return json.dumps(to_json_value(payload), sort_keys=True, indent=2, allow_nan=False) + '\n'
 
 
-def write_json(path: str | os.PathLike, payload: Any) -> str | None:
-  """Writes `payload` as strict JSON at `path` atomically; no-op on processes other than 0.
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> str | None:
+  """Writes the file at `path` atomically; no-op on processes other than 0.
 
-  The file appears complete or not at all (temporary file in the same folder, fsync,
-  os.replace), so a reader never sees half a summary. Parent folders are created.
+  `write(tmp)` fills a temporary file in the same folder (any format: text, a matplotlib
+  `savefig(tmp, format=...)`), which then replaces `path` (os.replace), so a reader sees the
+  old file or the complete new one, never half of it. Parent folders are created; the file is
+  readable by all (0644). A failing `write` leaves the old file and no temporary file.
 
   Returns:
     The absolute path written, or None on a process that does not write.
@@ -94,22 +97,39 @@ def write_json(path: str | os.PathLike, payload: Any) -> str | None:
   if not is_main_process():
     return None
   path = os.path.abspath(os.fspath(path))
-  text = dumps(payload)  # before touching the disk: an unserialisable payload leaves no file
   folder = os.path.dirname(path)
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+  os.close(fd)
   try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a summary is meant to be read by others
+    write(tmp)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
   return path
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> str | None:
+  """Writes `payload` as strict JSON at `path` atomically (`write_atomically`, synced to disk
+  before the rename); no-op on processes other than 0.
+
+  Returns:
+    The absolute path written, or None on a process that does not write.
+  """
+  if not is_main_process():
+    return None
+  text = dumps(payload)  # before touching the disk: an unserialisable payload leaves no file
+
+  def write(tmp: str) -> None:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+
+  return write_atomically(path, write)
 
 
 # ----------------------------------------------------------------------------- output folders

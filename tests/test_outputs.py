@@ -39,6 +39,28 @@ def test_write_json_failure_keeps_the_old_file(tmp_path):
   assert os.listdir(tmp_path) == ['summary.json']
 
 
+def test_write_atomically_replaces_whole_or_keeps_the_old_file(tmp_path):
+  path = tmp_path / 'plot.png'
+  path.write_bytes(b'old')
+
+  def half_written(tmp):
+    with open(tmp, 'wb') as f:
+      f.write(b'half')
+    raise RuntimeError('the plot failed')
+
+  with pytest.raises(RuntimeError, match='the plot failed'):
+    outputs.write_atomically(path, half_written)
+  assert path.read_bytes() == b'old' and os.listdir(tmp_path) == ['plot.png']
+
+  def whole(tmp):
+    with open(tmp, 'wb') as f:
+      f.write(b'new')
+
+  assert outputs.write_atomically(path, whole) == str(path)
+  assert path.read_bytes() == b'new' and os.listdir(tmp_path) == ['plot.png']
+  assert os.stat(path).st_mode & 0o777 == 0o644
+
+
 def test_write_json_only_on_process_zero(tmp_path, monkeypatch):
   monkeypatch.setattr(outputs.jax, 'process_index', lambda: 1)
   assert outputs.write_json(tmp_path / 'x.json', {'a': 1}) is None

@@ -143,7 +143,7 @@ def test_stage_recorded_with_other_planning_keys_is_refused_in_one_line(tmp_path
   stage_dir.mkdir()
   (stage_dir / 'stage_done.json').write_text(json.dumps({'result': {}, 'settings': old}))
   with pytest.raises(ValueError) as error:
-    main_job._run_stage(str(stage_dir), 'planning', settings, lambda: {}, overwrite=False)
+    main_job.run_stage(str(stage_dir), 'planning', settings, lambda: {}, overwrite=False)
   message = str(error.value)
   assert '\n' not in message and 'ran with other settings' in message
   assert 'planning.cem.' in message and '--overwrite' in message

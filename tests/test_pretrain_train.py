@@ -12,9 +12,12 @@ from experiments.configs import wall
 from jepa_jax import checkpoint as checkpoint_lib
 from jepa_jax import sharding as sharding_lib
 from jepa_jax import training
+from jepa_jax.data import stats as stats_lib
 from jepa_jax.data import trajectories
+from jepa_jax.models import vit
 from jepa_jax.pretrain import masks as masks_lib
 from jepa_jax.pretrain import train as train_lib
+from jepa_jax.world_model import model as world_model_lib
 
 
 def small_config(**pretrain):
@@ -265,3 +268,32 @@ def test_standardised_targets_match_a_float64_rederivation():
   z = (raw - raw.mean((0, 1))) / np.sqrt(raw.var((0, 1)) + 1e-5)
   expected = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5)
   np.testing.assert_allclose(np.asarray(targets), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_slow_readout_export_is_the_readout_of_the_standardised_encoder(tmp_path):
+  """`pretrain.slow_readout=3`: the export (here of the random init) outputs 3 channels equal to
+  the standardised export's features times a readout fit on the training frames, and a world
+  model built on it derives latent_dim 3."""
+  config = small_config(standardise=True)
+  data_dir = str(tmp_path / 'data')
+  trajectories.generate(data_dir, config.env, config.data, config.seed)
+  train_lib.export_random_encoder(config, str(tmp_path / 'plain'), data_dir)
+  config.pretrain.slow_readout = 3
+  train_lib.export_random_encoder(config, str(tmp_path / 'slow'), data_dir)
+  plain, plain_params, mean, std = world_model_lib.load_encoder(str(tmp_path / 'plain'))
+  slow, slow_params, _, _ = world_model_lib.load_encoder(str(tmp_path / 'slow'))
+  assert slow.config.latent_dim == 3 and slow.config.output_dim == 3
+  # The same encoder below the map: the readout is an affine map of the standardised features.
+  frames = trajectories.load_trajectories(
+      trajectories.locate_dataset(config, data_dir), 'train', max_count=2)['observations'][0]
+  clips = vit.image_to_clip(vit.preprocess_frames(frames, 32, mean, std), slow.config.tubelet_size)
+  features = np.asarray(plain.apply({'params': plain_params}, clips), np.float64)
+  out = np.asarray(slow.apply({'params': slow_params}, clips), np.float64)
+  projection = slow_params['output_proj']
+  np.testing.assert_allclose(out, features @ projection['kernel'] + projection['bias'],
+                             rtol=1e-4, atol=1e-4)
+  model = world_model_lib.build_world_model(
+      encoder=slow, pixel_mean=mean, pixel_std=std, predictor_kind='adaln',
+      predictor_config=dict(depth=1, num_heads=1), proprio_emb_dim=0,
+      stats=stats_lib.load_stats(trajectories.locate_dataset(config, data_dir)), frameskip=2)
+  assert model.predictor.config.latent_dim == 3

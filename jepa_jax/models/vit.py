@@ -65,6 +65,8 @@ class ViTConfig:
     convolutions help transformers see better") of one 3x3 stride-2 convolution + GELU per
     entry, of that many channels, in front of a patchify of patch_size / 2^len(stem_channels):
     the token grid stays image_size / patch_size, but a token sees detail finer than a patch.
+  output_dim: 0 = the latent is the final LayerNorm's output (`width` channels); k > 0 = a linear
+    map to k channels after it (`output_proj`; stage 1's slow-feature readout writes it).
   scan_blocks: run the blocks as one `lax.scan` (`layers.scan_blocks`: the same parameters and
     outputs) instead of a Python loop, so a compiled program holds one block and its compile
     time does not grow with the depth (the 40-block ViT-g stage-1 step: docs/pods.md); calls
@@ -91,6 +93,7 @@ class ViTConfig:
   interpolate_offset: float = 0.1
   readout: str = 'patches'
   stem_channels: tuple[int, ...] = ()
+  output_dim: int = 0
   scan_blocks: bool = False
 
   def __post_init__(self):
@@ -100,6 +103,8 @@ class ViTConfig:
       raise ValueError("encoder readout='cls' needs use_cls_token=True")
     if self.pos_embed not in POS_EMBEDS:
       raise ValueError(f'unknown pos_embed {self.pos_embed!r}; choose one of {POS_EMBEDS}')
+    if self.output_dim < 0:
+      raise ValueError(f'output_dim {self.output_dim} must be >= 0 (0 = no output map)')
     if self.width % self.num_heads:
       raise ValueError(f'width {self.width} not divisible by num_heads {self.num_heads}')
     if self.pos_embed_grid is not None:
@@ -108,6 +113,11 @@ class ViTConfig:
     if self.patch_size % 2 ** len(self.stem_channels):
       raise ValueError(f'patch_size {self.patch_size} not divisible by the conv stem\'s '
                        f'stride 2^{len(self.stem_channels)}; use fewer stem_channels')
+
+  @property
+  def latent_dim(self) -> int:
+    """Channels of the encoder's output: `output_dim`, or `width` without an output map."""
+    return self.output_dim or self.width
 
   @property
   def grid(self) -> tuple[int, int]:
@@ -371,14 +381,16 @@ class ViTEncoder(nn.Module):
       if token_indices is not None or grid[0] != 1:
         raise ValueError(f"encoder readout='cls' encodes whole clips of one tubelet, got token "
                          f"grid {grid} (token_indices given: {token_indices is not None})")
-      out_shape, keep = (batch, 1, 1, 1, cfg.width), slice(0, 1)
+      out_shape, keep = (batch, 1, 1, 1, cfg.latent_dim), slice(0, 1)
     else:
-      out_shape = (batch, -1, cfg.width) if token_indices is not None else (
-          (batch,) + grid + (cfg.width,))
+      out_shape = (batch, -1, cfg.latent_dim) if token_indices is not None else (
+          (batch,) + grid + (cfg.latent_dim,))
       keep = slice(n_prefix, None)
+    output_proj = (nn.Dense(cfg.output_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                            name='output_proj') if cfg.output_dim else lambda h: h)
 
     def finish(h):
-      return norm(h[:, keep]).reshape(out_shape)
+      return output_proj(norm(h[:, keep])).reshape(out_shape)
 
     block = functools.partial(
         layers.Block, cfg.num_heads, int(cfg.width * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias,

@@ -64,6 +64,7 @@ from jepa_jax.representation import encoder as encoder_lib
 from jepa_jax.representation import geometry
 from jepa_jax.representation import probe as probe_lib
 from jepa_jax.representation import sigreg as sigreg_lib
+from jepa_jax.representation import slow_features
 from jepa_jax.representation import standardise
 
 # 'vjepa': docs/reference.md §1; 'vjepa_sigreg': plus sigreg_weight * SIGReg of the context encoder's
@@ -93,7 +94,9 @@ class PretrainConfig(training.TrainLoopConfig):
   `sigreg_samples` ('tokens' or per-tubelet pooled 'frames'). `target_gradient`: targets from
   the trained encoder, gradients through them (no EMA). `standardise`: context and target
   features standardised per channel over the batch (`representation.standardise`), folded
-  into the export. Geometry
+  into the export. `slow_readout`: k > 0 exports the latent's k slowest directions over the
+  training video, commute-time weighted (`representation.slow_features`; 0 = the latent as
+  trained). Geometry
   (`geometry.py`, trained and random-init encoder, TensorBoard `eval/`): every `geometry_every`
   steps (0 = only at the end) on `geometry_frames` rendered frames. Probe: frames of the first
   `probe_train_trajectories` train and `probe_val_trajectories` validation trajectories.
@@ -124,6 +127,7 @@ class PretrainConfig(training.TrainLoopConfig):
   sigreg_samples: str = 'tokens'
   target_gradient: bool = False
   standardise: bool = False
+  slow_readout: int = 0
   geometry_every: int = 0
   geometry_frames: int = 2000
   pixel_mean: Sequence[float] = vit.IMAGENET_MEAN
@@ -142,8 +146,8 @@ class PretrainConfig(training.TrainLoopConfig):
     if self.sigreg_samples not in SIGREG_SAMPLES:
       raise ValueError(f'pretrain.sigreg_samples={self.sigreg_samples!r}; choose one of '
                        f'{SIGREG_SAMPLES}')
-    if self.sigreg_weight < 0 or self.geometry_every < 0:
-      raise ValueError('pretrain.sigreg_weight and pretrain.geometry_every must be >= 0')
+    if self.sigreg_weight < 0 or self.geometry_every < 0 or self.slow_readout < 0:
+      raise ValueError('pretrain.sigreg_weight, geometry_every and slow_readout must be >= 0')
     config_sections.require_positive(self, 'pretrain', (
         'num_frames', 'frameskip', 'probe_train_trajectories', 'probe_val_trajectories',
         'sigreg_directions', 'geometry_frames'))
@@ -426,19 +430,22 @@ def stage_parts(config: Any) -> tuple[Models, PretrainConfig, dict]:
       step_fn=make_train_step(models, cfg, optimizer, schedule, int(config.seed)))
 
 
-def make_frame_encoder(models: Models, cfg: PretrainConfig, mesh: jax.sharding.Mesh
+def make_frame_encoder(models: Models, cfg: PretrainConfig, mesh: jax.sharding.Mesh,
+                       vit_config: vit.ViTConfig | None = None
                        ) -> Callable[[Any, np.ndarray], jax.Array]:
   """Jitted `(encoder_params, frames uint8 (B, S, S, 3)) -> (B, 1, H', W', D)` tokens.
 
   Each frame is a duplicated clip of `tubelet_size` frames (docs/reference.md §1), as in stage 2.
   Params may be sharded on `mesh`; the output is replicated so every host can read it.
+  `vit_config`: the exported encoder's (with its output map), default the trained one's.
   """
-  vit_config = models.vit_config
+  vit_config = vit_config or models.vit_config
+  encoder = vit.ViTEncoder(vit_config, models.encoder.dtype)
 
   @functools.partial(jax.jit, out_shardings=sharding_lib.replicated(mesh))
   def encode(params, frames):
     clips = vit.image_to_clip(preprocess_clips(frames, vit_config, cfg), vit_config.tubelet_size)
-    return models.encoder.apply({'params': params}, clips)
+    return encoder.apply({'params': params}, clips)
   return encode
 
 
@@ -482,25 +489,58 @@ def fold_training_statistics(encode: Callable[[Any, np.ndarray], jax.Array], enc
   return standardise.fold_batchnorm(jax.device_get(encoder_params), mean, std)
 
 
+def fit_slow_readout(encode: Callable[[Any, np.ndarray], jax.Array], encoder_params: Any,
+                     dataset_path: str, cfg: PretrainConfig) -> Any:
+  """`encoder_params` with the `slow_readout` map (`slow_features.slow_readout`) fit on the
+  consecutive frames of the first `probe_train_trajectories` training trajectories (every
+  token position its own sequence) as `output_proj`."""
+  frames = trajectories_lib.load_trajectories(
+      dataset_path, 'train', max_count=cfg.probe_train_trajectories)['observations']
+  count, steps = frames.shape[:2]
+  flat = frames.reshape((-1,) + frames.shape[2:])
+  tokens = np.concatenate([
+      np.asarray(encode(encoder_params, flat[i:i + cfg.probe_batch_size]), np.float64)
+      for i in range(0, len(flat), cfg.probe_batch_size)])
+  tokens = tokens.reshape(count, steps, -1, tokens.shape[-1]).transpose(0, 2, 1, 3)
+  kernel, bias = slow_features.slow_readout(
+      tokens.reshape((-1, steps, tokens.shape[-1])), cfg.slow_readout)
+  return slow_features.fold_readout(jax.device_get(encoder_params), kernel, bias)
+
+
+def export_config(models: Models, cfg: PretrainConfig) -> vit.ViTConfig:
+  """The exported encoder's config: the trained one's, with the slow readout's output map."""
+  return dataclasses.replace(models.vit_config, output_dim=cfg.slow_readout)
+
+
+def frozen_encoder(models: Models, cfg: PretrainConfig, mesh: jax.sharding.Mesh, params: Any,
+                   dataset_path: str) -> Any:
+  """What stage 2 freezes, from trained (or initial) encoder params: the standardisation
+  (`standardise`) and the slow readout (`slow_readout`) fit on the training frames, folded in."""
+  encode = make_frame_encoder(models, cfg, mesh)
+  if cfg.standardise:
+    params = fold_training_statistics(encode, params, dataset_path, cfg)
+  if cfg.slow_readout:
+    params = fit_slow_readout(encode, params, dataset_path, cfg)
+  return params
+
+
 def export_encoder(path: str, models: Models, cfg: PretrainConfig, params: Any) -> None:
   """Writes the frozen-encoder export stage 2 reads (kind 'vit' + its pixel normalisation)."""
   checkpoint_lib.save_model(
-      path, kind='vit', config=dataclasses.asdict(models.vit_config), params=params,
+      path, kind='vit', config=dataclasses.asdict(export_config(models, cfg)), params=params,
       extra={'pixel_mean': np.asarray(cfg.pixel_mean, np.float32),
              'pixel_std': np.asarray(cfg.pixel_std, np.float32)})
 
 
 def export_random_encoder(config: Any, path: str, data_dir: str) -> None:
   """Exports the random initialisation of stage 1's encoder (the init `train` starts from for
-  `config.seed`): the same-architecture baseline of the ablation, with `pretrain.standardise`
-  standardised over the training frames as the trained export is."""
+  `config.seed`): the same-architecture baseline of the ablation, standardised and read out
+  over the training frames as the trained export is (`frozen_encoder`)."""
   models, cfg, parts = stage_parts(config)
   state = jax.jit(parts['init_fn'])(jax.random.PRNGKey(int(config.seed)))
-  params = state['target_encoder']
-  if cfg.standardise:
-    mesh = sharding_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-    params = fold_training_statistics(make_frame_encoder(models, cfg, mesh), params,
-                                      trajectories_lib.locate_dataset(config, data_dir), cfg)
+  mesh = sharding_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  params = frozen_encoder(models, cfg, mesh, state['target_encoder'],
+                          trajectories_lib.locate_dataset(config, data_dir))
   export_encoder(path, models, cfg, jax.device_get(params))
 
 
@@ -545,7 +585,7 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
 
   def on_init(state, mesh, frozen):
     del frozen
-    placed.update(encode=make_frame_encoder(models, cfg, mesh),
+    placed.update(encode=make_frame_encoder(models, cfg, mesh), mesh=mesh,
                   random_params=jax.tree_util.tree_map(jnp.copy, state['target_encoder']))
 
   def geometry_eval(state, step):
@@ -567,16 +607,14 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
       eval_every=cfg.geometry_every or None, on_init=on_init)
   result = training.run_stage(stage, config, workdir)
   state, metrics = result.state, result.metrics
-  encode, random_params = placed['encode'], placed['random_params']
-
   target_params = state['target_encoder']
   training.check_finite_params(target_params, f'the stage-1 encoder at step {cfg.num_steps}')
-  if cfg.standardise:
-    # The export outputs the standardised features the predictor was fed; the random-init
-    # baseline is measured with the same standardisation.
-    target_params, random_params = (
-        fold_training_statistics(encode, params, dataset_path, cfg)
-        for params in (target_params, random_params))
+  # The export outputs what stage 2 freezes (standardised, read out); every measure below is of
+  # it, and of the random init prepared the same way.
+  target_params, random_params = (
+      frozen_encoder(models, cfg, placed['mesh'], params, dataset_path)
+      for params in (target_params, placed['random_params']))
+  encode = make_frame_encoder(models, cfg, placed['mesh'], export_config(models, cfg))
   export_encoder(os.path.join(workdir, 'encoder'), models, cfg, target_params)
 
   probe_start = time.perf_counter()

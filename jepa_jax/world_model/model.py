@@ -307,7 +307,7 @@ def build_world_model(*, encoder: nn.Module, pixel_mean, pixel_std, predictor_ki
   if missing:
     raise ValueError(f'normalisation stats lack {missing}; pass jepa_jax.data.stats.load_stats()')
   enc = encoder.config
-  derived = dict(latent_dim=enc.width,
+  derived = dict(latent_dim=enc.latent_dim,
                  grid_size=tuple(enc.grid),
                  action_dim=frameskip * int(np.size(stats['action_mean'])),
                  proprio_emb_dim=int(proprio_emb_dim))
@@ -332,7 +332,7 @@ def init_trainable_params(model: WorldModel, key, num_frames: int):
   frames (matters only for predictors with a learned position table, e.g. DINO-WM)."""
   enc = model.encoder.config
   proprio_dim = int(np.size(model.stats['proprio_mean']))
-  z = jnp.zeros((1, num_frames) + tuple(enc.grid) + (enc.width,), jnp.float32)
+  z = jnp.zeros((1, num_frames) + tuple(enc.grid) + (enc.latent_dim,), jnp.float32)
   actions = jnp.zeros((1, num_frames, model.action_dim), jnp.float32)
   pe_key, pred_key = jax.random.split(key)
   params = {}

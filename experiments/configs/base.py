@@ -127,10 +127,13 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if smoke:
     config.lewm.update(num_steps=50, log_every=10, checkpoint_every=25, eval_batch_size=16,
                        eval_num_batches=2, statistics_batches=2, geometry_frames=256)
-  # A narrow AdaLN predictor on the tiny encoder (4x4 patches of width 96); lr 1e-3 constant
+  # A narrow AdaLN predictor on the tiny encoder (one global token of width 96); lr 1e-3 constant
   # (a cosine at 2e-3 and the residual option were no better on 2 cores).
   config.world_model.update(
-      predictor_config=dict(depth=3, num_heads=4, mlp_ratio=4.0),
+      # embed_dim unset (= the latent's width), named so a flag can set it for a narrow latent
+      # (`pretrain.slow_readout`).
+      predictor_config=dict(depth=3, num_heads=4, mlp_ratio=4.0,
+                            embed_dim=config_dict.placeholder(int)),
       batch_size=16 if smoke else 32, num_steps=50 if smoke else 3000, lr=1e-3,
       dtype='float32', log_every=10 if smoke else 100,
       checkpoint_every=25 if smoke else 1000, eval_batch_size=16 if smoke else 32,

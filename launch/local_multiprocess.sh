@@ -34,8 +34,9 @@ for ((i = 0; i < num_processes; i++)); do
     export JAX_COORDINATOR_ADDRESS="localhost:${port}"
     export JAX_NUM_PROCESSES="${num_processes}"
     export JAX_PROCESS_ID="${i}"
-    # Gloo prints a line each time it connects a group of devices; nothing to act on.
-    "$@" 2>&1 | sed -u -e '/^\[Gloo\] Rank [0-9]* is connected to/d' -e "s/^/[process ${i}] /"
+    # Gloo prints a line each time it connects a group of devices; nothing to act on. Its
+    # threads can write two such lines into each other, so match the message anywhere.
+    "$@" 2>&1 | sed -u -e '/is connected to [0-9]* peer ranks/d' -e "s/^/[process ${i}] /"
     exit "${PIPESTATUS[0]}"
   ) &
   pids+=($!)

@@ -476,12 +476,17 @@ def run_probe(encode: Callable[[np.ndarray], jax.Array], dataset_path: str,
   return results
 
 
-def fold_training_statistics(encode: Callable[[Any, np.ndarray], jax.Array], encoder_params: Any,
-                             dataset_path: str, cfg: PretrainConfig) -> Any:
-  """`encoder_params` with the per-channel mean / std of its features over the frames of the
-  first `probe_train_trajectories` training trajectories folded into its final LayerNorm."""
-  frames = trajectories_lib.load_trajectories(
+def training_frames(dataset_path: str, cfg: PretrainConfig) -> np.ndarray:
+  """uint8 `(N, T, S, S, 3)` frames of the first `probe_train_trajectories` training
+  trajectories: what the export's standardisation and slow readout are fit on."""
+  return trajectories_lib.load_trajectories(
       dataset_path, 'train', max_count=cfg.probe_train_trajectories)['observations']
+
+
+def fold_training_statistics(encode: Callable[[Any, np.ndarray], jax.Array], encoder_params: Any,
+                             frames: np.ndarray, cfg: PretrainConfig) -> Any:
+  """`encoder_params` with the per-channel mean / std of its features over `frames`
+  (`training_frames`) folded into its final LayerNorm."""
   frames = frames.reshape((-1,) + frames.shape[2:])
   batches = (frames[i:i + cfg.probe_batch_size]
              for i in range(0, len(frames), cfg.probe_batch_size))
@@ -490,20 +495,16 @@ def fold_training_statistics(encode: Callable[[Any, np.ndarray], jax.Array], enc
 
 
 def fit_slow_readout(encode: Callable[[Any, np.ndarray], jax.Array], encoder_params: Any,
-                     dataset_path: str, cfg: PretrainConfig) -> Any:
+                     frames: np.ndarray, width: int, cfg: PretrainConfig) -> Any:
   """`encoder_params` with the `slow_readout` map (`slow_features.slow_readout`) fit on the
-  consecutive frames of the first `probe_train_trajectories` training trajectories (every
-  token position its own sequence) as `output_proj`."""
-  frames = trajectories_lib.load_trajectories(
-      dataset_path, 'train', max_count=cfg.probe_train_trajectories)['observations']
+  consecutive `frames` (`training_frames`; every token position its own sequence) as
+  `output_proj`; `width` is the encoder's channel count D."""
   count, steps = frames.shape[:2]
-  flat = frames.reshape((-1,) + frames.shape[2:])
-  tokens = np.concatenate([
-      np.asarray(encode(encoder_params, flat[i:i + cfg.probe_batch_size]), np.float64)
-      for i in range(0, len(flat), cfg.probe_batch_size)])
-  tokens = tokens.reshape(count, steps, -1, tokens.shape[-1]).transpose(0, 2, 1, 3)
-  kernel, bias = slow_features.slow_readout(
-      tokens.reshape((-1, steps, tokens.shape[-1])), cfg.slow_readout)
+  tokens = probe_lib.frame_features(functools.partial(encode, encoder_params),
+                                    frames.reshape((-1,) + frames.shape[2:]),
+                                    cfg.probe_batch_size)['patch']  # (N * T, tokens * D)
+  tokens = tokens.reshape(count, steps, -1, width).transpose(0, 2, 1, 3)
+  kernel, bias = slow_features.slow_readout(tokens.reshape((-1, steps, width)), cfg.slow_readout)
   return slow_features.fold_readout(jax.device_get(encoder_params), kernel, bias)
 
 
@@ -512,15 +513,19 @@ def export_config(models: Models, cfg: PretrainConfig) -> vit.ViTConfig:
   return dataclasses.replace(models.vit_config, output_dim=cfg.slow_readout)
 
 
-def frozen_encoder(models: Models, cfg: PretrainConfig, mesh: jax.sharding.Mesh, params: Any,
+def frozen_encoder(models: Models, cfg: PretrainConfig,
+                   encode: Callable[[Any, np.ndarray], jax.Array], params: Any,
                    dataset_path: str) -> Any:
   """What stage 2 freezes, from trained (or initial) encoder params: the standardisation
-  (`standardise`) and the slow readout (`slow_readout`) fit on the training frames, folded in."""
-  encode = make_frame_encoder(models, cfg, mesh)
+  (`standardise`) and the slow readout (`slow_readout`) fit on the training frames (read once),
+  folded in. `encode`: `make_frame_encoder` of the trained config."""
+  if not (cfg.standardise or cfg.slow_readout):
+    return params
+  frames = training_frames(dataset_path, cfg)
   if cfg.standardise:
-    params = fold_training_statistics(encode, params, dataset_path, cfg)
+    params = fold_training_statistics(encode, params, frames, cfg)
   if cfg.slow_readout:
-    params = fit_slow_readout(encode, params, dataset_path, cfg)
+    params = fit_slow_readout(encode, params, frames, models.vit_config.width, cfg)
   return params
 
 
@@ -539,8 +544,8 @@ def export_random_encoder(config: Any, path: str, data_dir: str) -> None:
   models, cfg, parts = stage_parts(config)
   state = jax.jit(parts['init_fn'])(jax.random.PRNGKey(int(config.seed)))
   mesh = sharding_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  params = frozen_encoder(models, cfg, mesh, state['target_encoder'],
-                          trajectories_lib.locate_dataset(config, data_dir))
+  params = frozen_encoder(models, cfg, make_frame_encoder(models, cfg, mesh),
+                          state['target_encoder'], trajectories_lib.locate_dataset(config, data_dir))
   export_encoder(path, models, cfg, jax.device_get(params))
 
 
@@ -612,9 +617,11 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   # The export outputs what stage 2 freezes (standardised, read out); every measure below is of
   # it, and of the random init prepared the same way.
   target_params, random_params = (
-      frozen_encoder(models, cfg, placed['mesh'], params, dataset_path)
+      frozen_encoder(models, cfg, placed['encode'], params, dataset_path)
       for params in (target_params, placed['random_params']))
-  encode = make_frame_encoder(models, cfg, placed['mesh'], export_config(models, cfg))
+  # Without an output map the export's config is the trained one: reuse its compiled encoder.
+  encode = (make_frame_encoder(models, cfg, placed['mesh'], export_config(models, cfg))
+            if cfg.slow_readout else placed['encode'])
   export_encoder(os.path.join(workdir, 'encoder'), models, cfg, target_params)
 
   probe_start = time.perf_counter()

@@ -51,8 +51,7 @@ def sub_section(cls: type, name: str, given: Any, protocol_keys: Iterable[str] =
   own defaults with `given` (a ConfigDict, a mapping or None) on top, in field order.
 
   An unknown key of `given` is a one-line ValueError naming `<name>.<key>` and the keys."""
-  protocol_keys = set(protocol_keys)
-  keys = [f.name for f in dataclasses.fields(cls) if f.name not in protocol_keys]
+  keys = field_names(cls, exclude=protocol_keys)
   given = _as_dict(given)
   unknown = sorted(set(given) - set(keys))
   if unknown:

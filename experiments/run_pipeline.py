@@ -1,8 +1,8 @@
 r"""The main job: generate data, train the method's models, plan.
 
---config.method=lewm (the CPU default): LeWorldModel, encoder and predictor end to end.
---config.method=three_stage: the V-JEPA encoder on frames (stage 1), the world model on it
-(stage 2).
+--config.method=three_stage (the default; Push-T's CPU variants excepted): the V-JEPA encoder
+on frames (stage 1), the world model on it (stage 2).
+--config.method=lewm: LeWorldModel, encoder and predictor end to end.
 
   python -m experiments.run_pipeline --workdir=/tmp/jepa_wall
   python -m experiments.run_pipeline --workdir=DIR --config=experiments/configs/point_maze.py:tiny

@@ -66,3 +66,19 @@ def test_return_context_and_errors():
     model.init(jax.random.key(0), ctx[..., :8], cidx, tidx, GRID)
   with pytest.raises(ValueError, match='pos_embed'):
     mp.MaskedPredictorConfig(pos_embed='learned')
+
+
+def test_target_offsets_shift_the_mask_token():
+  """Offsets equal for every target are a shifted mask token (the mask token is added to the
+  target tokens before anything else); per-target offsets move only the token they are on
+  when the target sees no other target (one target per row)."""
+  params, ctx, cidx, tidx, apply = _setup('sincos3d')
+  offset = 0.3 * jax.random.normal(jax.random.key(3), (32,))
+  shifted = jax.tree_util.tree_map(lambda p: p, params)
+  shifted['params']['mask_tokens'] = params['params']['mask_tokens'] + offset
+  want = apply(shifted, ctx, cidx, tidx, grid=GRID)
+  got = apply(params, ctx, cidx, tidx, grid=GRID,
+              target_offsets=jnp.broadcast_to(offset, (2, 3, 32)))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  zero = apply(params, ctx, cidx, tidx, grid=GRID, target_offsets=jnp.zeros((2, 3, 32)))
+  np.testing.assert_allclose(zero, apply(params, ctx, cidx, tidx, grid=GRID), atol=1e-6)

@@ -1,4 +1,5 @@
-"""End-to-end: the main job on the `smoke` config (LeWM, Wall's CPU default) has exactly its
+"""End-to-end: the main job on the `smoke` config with LeWM (`--config.method=lewm`; the
+three-stage default's main job runs in test_label_curve.py) has exactly its
 method's stages, learns something a broken pipeline would not, resumes, refuses a changed
 setting, reruns only what changed, runs its pixels / proprio x trained / random-encoder
 ablation, and checks later stages' settings before the first one starts.
@@ -21,6 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('smoke_pipeline')]
 def job(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('job')
   config = wall_configs.get_config('smoke')
+  config.method = 'lewm'
   return config, workdir, main_job.run_job(config, str(workdir))
 
 

@@ -35,7 +35,8 @@ def small_config(**pretrain):
   config.pretrain.update(dict(
       mask_groups=reference.mask_groups, objective=reference.objective,
       sigreg_samples=reference.sigreg_samples, standardise=reference.standardise,
-      ema_momentum=0.99))
+      slow_readout=reference.slow_readout, slow_readout_mode=reference.slow_readout_mode,
+      slow_readout_weight=reference.slow_readout_weight, ema_momentum=0.99))
   config.pretrain.update(dict(
       batch_size=8, num_steps=6, num_frames=4, frameskip=2, warmup_steps=2,
       predictor=dict(width=16, depth=1, num_heads=2), log_every=2, checkpoint_every=2,
@@ -216,6 +217,16 @@ def test_unknown_pretrain_key_is_rejected():
     train_lib.as_pretrain_config(config.pretrain)
 
 
+@pytest.mark.parametrize('setting, message', [
+    (dict(slow_readout_mode='prepend'), "slow_readout_mode='prepend'; choose one of"),
+    (dict(slow_readout_weight=0.0), 'slow_readout_weight must be > 0'),
+])
+def test_bad_slow_readout_settings_are_one_line(setting, message):
+  config = small_config()
+  with pytest.raises(ValueError, match=message):
+    train_lib.as_pretrain_config({**config.pretrain.to_dict(), **setting})
+
+
 def test_sigreg_objective_adds_weighted_sigreg_of_context_tokens():
   config = small_config(objective='vjepa_sigreg', sigreg_weight=0.25, sigreg_directions=8)
   mesh = sharding_lib.make_mesh({'data': 1, 'fsdp': 1}, devices=jax.devices()[:1])
@@ -273,7 +284,8 @@ def test_standardised_targets_match_a_float64_rederivation():
 def test_slow_readout_export_is_the_readout_of_the_standardised_encoder(tmp_path):
   """`pretrain.slow_readout=3`: the export (here of the random init) outputs 3 channels equal to
   the standardised export's features times a readout fit on the training frames, and a world
-  model built on it derives latent_dim 3."""
+  model built on it derives latent_dim 3; in 'append' mode the standardised features come
+  first, unchanged."""
   config = small_config(standardise=True)
   data_dir = str(tmp_path / 'data')
   trajectories.generate(data_dir, config.env, config.data, config.seed)
@@ -297,3 +309,13 @@ def test_slow_readout_export_is_the_readout_of_the_standardised_encoder(tmp_path
       predictor_config=dict(depth=1, num_heads=1), proprio_emb_dim=0,
       stats=stats_lib.load_stats(trajectories.locate_dataset(config, data_dir)), frameskip=2)
   assert model.predictor.config.latent_dim == 3
+  # 'append': the standardised features themselves, then the 3 slow channels.
+  config.pretrain.slow_readout_mode = 'append'
+  train_lib.export_random_encoder(config, str(tmp_path / 'appended'), data_dir)
+  appended, appended_params, _, _ = world_model_lib.load_encoder(str(tmp_path / 'appended'))
+  assert appended.config.latent_dim == 32 + 3
+  out = np.asarray(appended.apply({'params': appended_params}, clips), np.float64)
+  np.testing.assert_allclose(out[..., :32], features, rtol=1e-4, atol=1e-4)
+  projection = appended_params['output_proj']
+  np.testing.assert_allclose(out[..., 32:], features @ projection['kernel'][:, 32:]
+                             + projection['bias'][32:], rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@ part is known."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.linalg
 
 from jepa_jax.models import vit
@@ -54,6 +55,26 @@ def test_two_slowest_directions_recover_the_walk():
 
   assert r_squared(out[:, :2]) > 0.999
   assert r_squared(out[:, -1:]) < 0.05
+
+
+def test_appended_readout_keeps_the_latent_and_weights_the_slow_block():
+  """Identity on the latent, then slow_readout's block scaled to `weight ** 2` times the
+  latent's total variance (float64, over the same frames)."""
+  latents, _ = mixed_random_walk(seed=2)
+  kernel, bias = slow_features.appended_readout(latents, 2, weight=0.5)
+  slow_kernel, slow_bias = slow_features.slow_readout(latents, 2)
+  frames = latents.reshape(-1, 6)
+  out = frames @ kernel + bias
+  np.testing.assert_allclose(out[:, :6], frames, atol=1e-12)
+  block = out[:, 6:]
+  scale = block[:, 0] / (frames @ slow_kernel[:, 0] + slow_bias[0])
+  np.testing.assert_allclose(scale, scale[0], rtol=1e-9)
+  np.testing.assert_allclose(block, (frames @ slow_kernel + slow_bias) * scale[0], rtol=1e-9,
+                             atol=1e-12)
+  total = lambda x: np.var(x, axis=0, ddof=1).sum()
+  np.testing.assert_allclose(total(block) / total(frames), 0.25, rtol=1e-9)
+  with pytest.raises(ValueError, match='weight must be > 0'):
+    slow_features.appended_readout(latents, 2, weight=0.0)
 
 
 def test_vit_output_map_is_the_readout_of_the_final_norm():

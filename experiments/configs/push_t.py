@@ -2,9 +2,10 @@
 
 The block's pose is only in the frames: proprio is the pusher's position and velocity. Data:
 the scripted noisy pusher of `jepa_jax.envs.push_t` (DINO-WM used 18.5k noisy expert
-trajectories; ours are generated here). Paper batch 256 (docs/reference.md §4). The CPU
-variants train LeWorldModel, as Wall's do (see wall.py), reading the pusher's proprio; the
-`pixels_only` row scores the visual latents alone.
+trajectories; ours are generated here). Paper batch 256 (docs/reference.md §4). Unlike Wall's
+and PointMaze's, the CPU variants train LeWorldModel (neither method plans Push-T at this scale,
+and LeWM's CLS latent reads the thin pusher better: docs/push_t.md), reading the pusher's
+proprio; the `pixels_only` row scores the visual latents alone.
 
 Planning protocol: LeWorldModel's, whose goals we use (the state 25 data-policy steps ahead):
 a 50-step budget (`push_t.EPISODE_STEPS`, twice the goal offset), CEM plans of 5 model steps
@@ -33,6 +34,7 @@ def get_config(variant='tiny'):
       tiny_data=dict(num_train_trajectories=1000, num_validation_trajectories=50,
                      trajectory_length=100))
   if variant in ('smoke', 'tiny'):
+    base.end_to_end_variant(config)
     # LeWorldModel's latent, the CLS token of a ViT over 16 x 16 patches: it reads the 4 px wide
     # pusher better than Wall's one 64 px patch (docs/push_t.md). No convolutional stem (LeWM
     # read no more with it); `stem_channels=()` is named so a flag can set it.

@@ -3,12 +3,13 @@
   MaskedPredictor(config, dtype).apply({'params': p}, context_tokens (B, Kc, D),
       context_idx (B, Kc) int32, target_idx (B, Kt) int32, grid=(T', H', W'),
       context_valid=None (B, Kc) bool, target_valid=None (B, Kt) bool, mask_index=0,
-      return_context=False)
+      return_context=False, target_offsets=None (B, Kt, Dp))
     -> (B, Kt, out_dim) predictions at target_idx
        (and (B, Kc, out_dim) at the context tokens with return_context, for V-JEPA 2.1 dense loss)
 
 Indices are flat row-major positions on the (T', H', W') token grid of the encoder. Context
-tokens are embedded (`predictor_embed`, D -> Dp); every target gets the (learned) mask token;
+tokens are embedded (`predictor_embed`, D -> Dp); every target gets the (learned) mask token, plus
+`target_offsets` when given (stage 1's latent actions, `pretrain.latent_actions`);
 positions enter as the fixed sincos3d table at width Dp (V-JEPA 1) or as 3D RoPE in attention
 (V-JEPA 2). All tokens attend to each other, except padded tokens (`*_valid` False), which are
 masked out as keys so they change nothing for valid tokens. Since attention without a causal
@@ -63,7 +64,8 @@ class MaskedPredictor(nn.Module):
 
   @nn.compact
   def __call__(self, context_tokens, context_idx, target_idx, grid, context_valid=None,
-               target_valid=None, mask_index: int = 0, return_context: bool = False):
+               target_valid=None, mask_index: int = 0, return_context: bool = False,
+               target_offsets=None):
     cfg = self.config
     grid = tuple(int(g) for g in grid)
     batch, num_ctx, dim = context_tokens.shape
@@ -81,6 +83,8 @@ class MaskedPredictor(nn.Module):
                              (cfg.num_mask_tokens, 1, 1, cfg.width), jnp.float32)
     tgt = jnp.broadcast_to(mask_tokens[mask_index].astype(self.dtype),
                            (batch, num_tgt, cfg.width))
+    if target_offsets is not None:
+      tgt = tgt + target_offsets.astype(self.dtype)
     indices = jnp.concatenate([context_idx, target_idx], axis=1).astype(jnp.int32)
     x = jnp.concatenate([x, tgt], axis=1)
     positions = None

@@ -8,7 +8,8 @@ multi-block masks made in the data pipeline (`masks.MultiBlockMaskTransform`):
   2. targets: the EMA target encoder sees the whole clip -> `(B, N, D)` tokens, LayerNorm-ed
      without affine parameters, no gradient;
   3. for every mask group g: the context encoder sees only its context tokens; the masked
-     predictor (mask token g) predicts the target tokens from them;
+     predictor (mask token g, plus each target tubelet's latent action with
+     `latent_action_dim`, `latent_actions.py`) predicts the target tokens from them;
   4. loss: L1 between predictions and normalised targets at the target tokens, averaged over
      groups (`losses.masked_prediction_loss`). With `dense_loss` (V-JEPA 2.1) the predictor
      also predicts the context tokens and the targets concatenate several encoder depths;
@@ -58,6 +59,7 @@ from jepa_jax.data import pipeline
 from jepa_jax.data import trajectories as trajectories_lib
 from jepa_jax.models import masked_predictor as masked_predictor_lib
 from jepa_jax.models import vit
+from jepa_jax.pretrain import latent_actions as latent_actions_lib
 from jepa_jax.pretrain import losses
 from jepa_jax.pretrain import masks as masks_lib
 from jepa_jax.representation import encoder as encoder_lib
@@ -71,6 +73,9 @@ from jepa_jax.representation import standardise
 # output tokens (docs/reference.md §9). The end-to-end 'lewm' objective lives in jepa_jax.lewm.
 OBJECTIVES = ('vjepa', 'vjepa_sigreg')
 SIGREG_SAMPLES = ('tokens', 'frames')
+# 'replace': the export outputs the k slowest directions only; 'append': the latent followed by
+# them (`slow_features.appended_readout`).
+SLOW_READOUT_MODES = ('replace', 'append')
 # Masked-predictor keys `predictor_config` derives from the encoder and the mask groups.
 DERIVED_PREDICTOR_KEYS = ('embed_dim', 'pos_embed', 'num_mask_tokens', 'out_dim')
 
@@ -96,10 +101,14 @@ class PretrainConfig(training.TrainLoopConfig):
   features standardised per channel over the batch (`representation.standardise`), folded
   into the export. `slow_readout`: k > 0 exports the latent's k slowest directions over the
   training video, commute-time weighted (`representation.slow_features`; 0 = the latent as
-  trained). Geometry
-  (`geometry.py`, trained and random-init encoder, TensorBoard `eval/`): every `geometry_every`
-  steps (0 = only at the end) on `geometry_frames` rendered frames. Probe: frames of the first
-  `probe_train_trajectories` train and `probe_val_trajectories` validation trajectories.
+  trained); `slow_readout_mode` 'replace' exports them alone, 'append' after the latent, with
+  total variance `slow_readout_weight ** 2` times the latent's. `latent_action_dim`: k > 0
+  conditions every target token on a k-wide latent action inferred from its tubelet's and the
+  first tubelet's pooled targets (`pretrain.latent_actions`; no environment actions; 0 = off).
+  Geometry (`geometry.py`, trained and random-init encoder, TensorBoard `eval/`): every
+  `geometry_every` steps (0 = only at the end) on `geometry_frames` rendered frames. Probe:
+  frames of the first `probe_train_trajectories` train and `probe_val_trajectories` validation
+  trajectories.
   """
   SECTION = 'pretrain'
   weight_decay: float = 0.04
@@ -128,6 +137,9 @@ class PretrainConfig(training.TrainLoopConfig):
   target_gradient: bool = False
   standardise: bool = False
   slow_readout: int = 0
+  slow_readout_mode: str = 'replace'
+  slow_readout_weight: float = 1.0
+  latent_action_dim: int = 0
   geometry_every: int = 0
   geometry_frames: int = 2000
   pixel_mean: Sequence[float] = vit.IMAGENET_MEAN
@@ -143,11 +155,19 @@ class PretrainConfig(training.TrainLoopConfig):
               if self.objective == 'lewm' else '')
       raise ValueError(f'pretrain.objective={self.objective!r} is not a stage-1 objective; '
                        f'choose one of {OBJECTIVES}{hint}')
+    if self.slow_readout_mode not in SLOW_READOUT_MODES:
+      raise ValueError(f'pretrain.slow_readout_mode={self.slow_readout_mode!r}; choose one of '
+                       f'{SLOW_READOUT_MODES}')
+    if self.slow_readout_weight <= 0:
+      raise ValueError(f'pretrain.slow_readout_weight must be > 0, got '
+                       f'{self.slow_readout_weight}')
     if self.sigreg_samples not in SIGREG_SAMPLES:
       raise ValueError(f'pretrain.sigreg_samples={self.sigreg_samples!r}; choose one of '
                        f'{SIGREG_SAMPLES}')
-    if self.sigreg_weight < 0 or self.geometry_every < 0 or self.slow_readout < 0:
-      raise ValueError('pretrain.sigreg_weight, geometry_every and slow_readout must be >= 0')
+    if min(self.sigreg_weight, self.geometry_every, self.slow_readout,
+           self.latent_action_dim) < 0:
+      raise ValueError('pretrain.sigreg_weight, geometry_every, slow_readout and '
+                       'latent_action_dim must be >= 0')
     config_sections.require_positive(self, 'pretrain', (
         'num_frames', 'frameskip', 'probe_train_trajectories', 'probe_val_trajectories',
         'sigreg_directions', 'geometry_frames'))
@@ -193,6 +213,7 @@ class Models:
   grid: tuple[int, int, int]
   mask_groups: tuple[masks_lib.MaskGroupSpec, ...]
   mask_counts: tuple[tuple[int, int], ...]
+  latent_actions: latent_actions_lib.LatentActionModel | None = None
 
   @property
   def vit_config(self) -> vit.ViTConfig:
@@ -210,10 +231,14 @@ def build_models(config: Any) -> Models:
   counts = tuple(masks_lib.mask_token_counts(g, grid, quantile=cfg.mask_count_quantile,
                                              seed=int(config.seed)) for g in groups)
   dtype = training.DTYPES[cfg.dtype]
+  predictor = predictor_config(cfg, vit_config)
+  latent_actions = (latent_actions_lib.LatentActionModel(
+      cfg.latent_action_dim, hidden=predictor.width, out_width=predictor.width, dtype=dtype)
+                    if cfg.latent_action_dim else None)
   return Models(encoder=vit.ViTEncoder(vit_config, dtype),
-                predictor=masked_predictor_lib.MaskedPredictor(
-                    predictor_config(cfg, vit_config), dtype),
-                grid=grid, mask_groups=groups, mask_counts=counts)
+                predictor=masked_predictor_lib.MaskedPredictor(predictor, dtype),
+                grid=grid, mask_groups=groups, mask_counts=counts,
+                latent_actions=latent_actions)
 
 
 def ema_momentum(cfg: PretrainConfig, step: jax.Array) -> jax.Array:
@@ -229,14 +254,14 @@ def init_state(key: jax.Array, models: Models, optimizer: optax.GradientTransfor
   """Fresh train state.
 
   Returns:
-    `{'params': {'encoder', 'predictor'}, 'target_encoder': copy of the encoder params,
-      'opt_state', 'step': int32 0}`.
+    `{'params': {'encoder', 'predictor'[, 'latent_actions']}, 'target_encoder': copy of the
+      encoder params, 'opt_state', 'step': int32 0}`.
   """
   vit_config = models.vit_config
   num_t, side, _ = models.grid
   video = jnp.zeros((1, num_t * vit_config.tubelet_size, vit_config.image_size,
                      vit_config.image_size, vit_config.in_channels), jnp.float32)
-  encoder_key, predictor_key = jax.random.split(key)
+  encoder_key, predictor_key, action_key = jax.random.split(key, 3)
   encoder_params = models.encoder.init(encoder_key, video)['params']
   num_context, num_target = models.mask_counts[0]
   predictor_params = models.predictor.init(
@@ -244,6 +269,11 @@ def init_state(key: jax.Array, models: Models, optimizer: optax.GradientTransfor
       jnp.zeros((1, num_context), jnp.int32), jnp.zeros((1, num_target), jnp.int32),
       models.grid)['params']
   params = {'encoder': encoder_params, 'predictor': predictor_params}
+  if models.latent_actions is not None:
+    target_width = models.predictor.config.out_dim
+    pooled = jnp.zeros((1, num_t, target_width), jnp.float32)
+    params['latent_actions'] = models.latent_actions.init(action_key, pooled[:, 0],
+                                                          pooled)['params']
   return {'params': params,
           'target_encoder': jax.tree_util.tree_map(jnp.copy, encoder_params),
           'opt_state': optimizer.init(params),
@@ -318,7 +348,7 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
   """V-JEPA loss of one batch (see module docstring).
 
   Args:
-    params: `{'encoder', 'predictor'}` trainable parameters.
+    params: `{'encoder', 'predictor'[, 'latent_actions']}` trainable parameters.
     target_params: EMA target encoder parameters (unused with `cfg.target_gradient`).
     video: `(B, T, I, I, 3)` normalised clips.
     group_masks: per group `{'context_idx': (B, Kc_g), 'target_idx': (B, Kt_g)}` int32.
@@ -336,6 +366,14 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
       models, cfg, _online(params['encoder'], cfg) if cfg.target_gradient else target_params,
       video, stop_gradient=not cfg.target_gradient)
   predictions, context_terms, contexts, aux = [], [], [], {}
+  action_embeddings = None
+  if models.latent_actions is not None:
+    # The inverse model reads the targets without shaping them: the encoder learns only
+    # through what its context features let the predictor explain.
+    pooled = latent_actions_lib.frame_pooled(jax.lax.stop_gradient(targets), models.grid)
+    actions, action_embeddings = models.latent_actions.apply(
+        {'params': params['latent_actions']}, pooled[:, 0], pooled)
+    aux['latent_action_std'] = actions.astype(jnp.float32).std(axis=0).mean()
   for g, group in enumerate(group_masks):
     context = models.encoder.apply({'params': _online(params['encoder'], cfg)}, video,
                                    token_indices=group['context_idx'])
@@ -344,9 +382,12 @@ def jepa_loss(params: Any, target_params: Any, video: jax.Array, group_masks: Se
     if cfg.objective == 'vjepa_sigreg':
       contexts.append(regulariser_samples(context, group['context_idx'], models.grid,
                                           models.mask_groups[g], cfg.sigreg_samples))
+    offsets = (None if action_embeddings is None else latent_actions_lib.frame_offsets(
+        action_embeddings, group['target_idx'], models.grid))
     out = models.predictor.apply({'params': params['predictor']}, context,
                                  group['context_idx'], group['target_idx'], models.grid,
-                                 mask_index=g, return_context=cfg.dense_loss)
+                                 mask_index=g, return_context=cfg.dense_loss,
+                                 target_offsets=offsets)
     if cfg.dense_loss:
       out, context_pred = out
       context_terms.append(losses.weighted_l1_loss(
@@ -496,21 +537,29 @@ def fold_training_statistics(encode: Callable[[Any, np.ndarray], jax.Array], enc
 
 def fit_slow_readout(encode: Callable[[Any, np.ndarray], jax.Array], encoder_params: Any,
                      frames: np.ndarray, width: int, cfg: PretrainConfig) -> Any:
-  """`encoder_params` with the `slow_readout` map (`slow_features.slow_readout`) fit on the
-  consecutive `frames` (`training_frames`; every token position its own sequence) as
-  `output_proj`; `width` is the encoder's channel count D."""
+  """`encoder_params` with the `slow_readout` map (`slow_features.slow_readout`, or
+  `appended_readout` in 'append' mode) fit on the consecutive `frames` (`training_frames`;
+  every token position its own sequence) as `output_proj`; `width` is the encoder's channel
+  count D."""
   count, steps = frames.shape[:2]
   tokens = probe_lib.frame_features(functools.partial(encode, encoder_params),
                                     frames.reshape((-1,) + frames.shape[2:]),
                                     cfg.probe_batch_size)['patch']  # (N * T, tokens * D)
   tokens = tokens.reshape(count, steps, -1, width).transpose(0, 2, 1, 3)
-  kernel, bias = slow_features.slow_readout(tokens.reshape((-1, steps, width)), cfg.slow_readout)
+  sequences = tokens.reshape((-1, steps, width))
+  kernel, bias = (slow_features.appended_readout(sequences, cfg.slow_readout,
+                                                 cfg.slow_readout_weight)
+                  if cfg.slow_readout_mode == 'append'
+                  else slow_features.slow_readout(sequences, cfg.slow_readout))
   return slow_features.fold_readout(jax.device_get(encoder_params), kernel, bias)
 
 
 def export_config(models: Models, cfg: PretrainConfig) -> vit.ViTConfig:
   """The exported encoder's config: the trained one's, with the slow readout's output map."""
-  return dataclasses.replace(models.vit_config, output_dim=cfg.slow_readout)
+  if not cfg.slow_readout:
+    return models.vit_config
+  kept = models.vit_config.width if cfg.slow_readout_mode == 'append' else 0
+  return dataclasses.replace(models.vit_config, output_dim=kept + cfg.slow_readout)
 
 
 def frozen_encoder(models: Models, cfg: PretrainConfig,

@@ -56,6 +56,27 @@ def slow_readout(latents: np.ndarray, num_components: int) -> tuple[np.ndarray, 
   return kernel, -mean @ kernel
 
 
+def appended_readout(latents: np.ndarray, num_components: int, weight: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """The latent itself followed by its `num_components` slowest directions (`slow_readout`).
+
+  The slow block gives the cost its global shape (far-apart frames far apart) and the latent
+  keeps its local precision (docs/stage1.md). The block is scaled so that its total variance
+  over the frames is `weight ** 2` times the latent's.
+
+  Returns:
+    `(kernel (D, D + k), bias (D + k,))` float64: identity and zero bias on the first D outputs.
+  """
+  kernel, bias = slow_readout(latents, num_components)
+  if weight <= 0:
+    raise ValueError(f'appended_readout weight must be > 0, got {weight}')
+  dim = kernel.shape[0]
+  covariance = np.cov(np.asarray(latents, np.float64).reshape(-1, dim), rowvar=False)
+  scale = weight * np.sqrt(np.trace(covariance) / np.trace(kernel.T @ covariance @ kernel))
+  return (np.concatenate([np.eye(dim), kernel * scale], axis=1),
+          np.concatenate([np.zeros(dim), bias * scale]))
+
+
 def fold_readout(encoder_params: dict, kernel: np.ndarray, bias: np.ndarray) -> dict:
   """Encoder params with the readout as the ViT's `output_proj` (`ViTConfig.output_dim`)."""
   return {**encoder_params, 'output_proj': {'kernel': np.asarray(kernel, np.float32),

@@ -67,9 +67,9 @@ def appended_readout(latents: np.ndarray, num_components: int, weight: float
   Returns:
     `(kernel (D, D + k), bias (D + k,))` float64: identity and zero bias on the first D outputs.
   """
-  kernel, bias = slow_readout(latents, num_components)
   if weight <= 0:
     raise ValueError(f'appended_readout weight must be > 0, got {weight}')
+  kernel, bias = slow_readout(latents, num_components)
   dim = kernel.shape[0]
   covariance = np.cov(np.asarray(latents, np.float64).reshape(-1, dim), rowvar=False)
   scale = weight * np.sqrt(np.trace(covariance) / np.trace(kernel.T @ covariance @ kernel))

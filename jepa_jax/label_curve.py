@@ -172,13 +172,16 @@ def _cell_dirs(workdir: str, cell: str, fraction: float, cfg, extra: dict) -> di
 
 def _cell_entry(cfg, stages: dict, dirs: dict) -> dict:
   """One cell of label_curve.json: every planning row's success with its 95 % interval, the
-  model's rollout error against the constant latent, the labelled trajectory count."""
+  model's rollout error against the constant latent, the labelled trajectory count and the
+  pseudo labels' report."""
   model_stage = layout.model_stage(cfg.method)
   model, planning = stages[model_stage]['result'], stages['planning']['result']
   rows = {'main': planning, **planning.get('rows', {})}
   return dict(
       labeled_fraction=float(cfg.labeled_fraction),
       labeled_trajectories=model['labeled_trajectories'],
+      # The inverse model's report when the other trajectories were pseudo-labelled, else None.
+      pseudo_labels=model.get('pseudo_labels'),
       rollout_error=model.get('rollout_error', {}).get('visual_mean'),
       rollout_error_constant_baseline=model.get('constant_baseline', {}).get('visual_mean'),
       rows={name: dict(
@@ -211,7 +214,7 @@ def format_curve(curve: dict) -> str:
   unit = curve['cells'][fraction_key(curve['fractions'][0])]['three_stage']['distance_unit']
   lines = ['', f"label-efficiency curve ({curve['env']}, {curve['episodes']} {curve['episode_set']}"
            f" episodes, seed {curve['seed']}; success with 95 % interval)",
-           f"{'labels':<14} {'model':<34}" + ''.join(f' {_row_title(curve, r):<24}' for r in rows)
+           f"{'labels':<14} {'model':<50}" + ''.join(f' {_row_title(curve, r):<24}' for r in rows)
            + f" {'final distance (' + unit + ')':<22} rollout error (constant latent)"]
   for fraction in sorted(curve['fractions'], reverse=True):
     for i, (cell, name) in enumerate(curve['cell_names'].items()):
@@ -219,7 +222,9 @@ def format_curve(curve: dict) -> str:
       labels = f"{100 * fraction:g} % ({entry['labeled_trajectories']})" if i == 0 else ''
       error = ('' if entry['rollout_error'] is None else
                f"{entry['rollout_error']:.3g} ({entry['rollout_error_constant_baseline']:.3g})")
-      lines.append(f'{labels:<14} {name:<34}' + ''.join(
+      if entry.get('pseudo_labels'):
+        name += f" + pseudo labels (R^2 {entry['pseudo_labels']['inverse_model_validation_r2']:.2f})"
+      lines.append(f'{labels:<14} {name:<50}' + ''.join(
           f" {_rate(entry['rows'][r]):<24}" for r in rows)
           + f" {entry['rows']['main']['mean_final_distance']:<22.2f} {error}")
   return '\n'.join(lines)

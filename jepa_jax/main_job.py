@@ -379,6 +379,8 @@ def summarise(config, stages: dict) -> dict:
       method=config.method,
       objective=job_objective(config),
       labeled_fraction=float(config.get('labeled_fraction', 1.0)),
+      # The inverse model's report when the unlabelled trajectories were pseudo-labelled.
+      pseudo_labels=world_model.get('pseudo_labels'),
       encoder={k: v for k, v in measured.items() if isinstance(v, (int, float))
                and k.startswith(('geometry_', 'probe_error', 'latent_distance_spearman'))},
       rollout_error=world_model['rollout_error']['visual_mean'],
@@ -428,6 +430,16 @@ def _pct(rate: float, ci: Optional[dict] = None) -> str:
   return text if ci is None else f"{text} [{ci['low']:.1%}, {ci['high']:.1%}]"
 
 
+def _action_labels(summary: dict) -> str:
+  text = f"{summary['labeled_fraction']:.0%} of the training trajectories"
+  pseudo = summary.get('pseudo_labels')
+  if pseudo:
+    text += (f"; {pseudo['pseudo_labelled_trajectories']} more pseudo-labelled (inverse model "
+             f"on {pseudo['inverse_model_inputs']}, validation R^2 "
+             f"{pseudo['inverse_model_validation_r2']:.2f})")
+  return text
+
+
 def format_summary(summary: dict) -> str:
   """The human-readable table printed at the end of the main job."""
   encoder = summary['encoder']
@@ -437,7 +449,7 @@ def format_summary(summary: dict) -> str:
       *((f'encoder: {k}' + (f' ({unit})' if 'probe_error' in k and 'angle' not in k else ''),
          f'{encoder[k]:.3g}   (random init {encoder[k + "_random_encoder"]:.3g})')
         for k in sorted(encoder) if k + '_random_encoder' in encoder),
-      ('action labels', f"{summary['labeled_fraction']:.0%} of the training trajectories"),
+      ('action labels', _action_labels(summary)),
       ('rollout latent error', f"{summary['rollout_error']:.4g}"
        f"   (constant latent {summary['rollout_error_constant_baseline']:.4g})"),
       (f"{summary['env']} success ({summary['episodes']} {summary['episode_set']} episodes)",

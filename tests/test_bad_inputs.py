@@ -16,7 +16,7 @@ import pytest
 
 from jepa_jax import checkpoint, outputs
 
-pytestmark = [pytest.mark.slow,  # 18 subprocesses, each importing JAX: ~60 s of CPU
+pytestmark = [pytest.mark.slow,  # a subprocess per case, each importing JAX
               pytest.mark.xdist_group('bad_inputs')]  # one worker runs the shared fixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +104,11 @@ CASES = [
     ('train_lewm_under_three_stage', 'experiments.train_lewm',
      [SMOKE, '--config.method=three_stage', '--workdir={tmp}/job/lewm'],
      '--config.method=lewm'),
+    # LeWM has no frozen latent before it trains: its pseudo labels read proprio (none here).
+    ('lewm_pseudo_labels_without_proprio', PIPELINE,
+     [SMOKE, '--config.method=lewm', '--config.labeled_fraction=0.5',
+      '--config.lewm.pseudo_labels=True', '--workdir={tmp}/job'],
+     'lewm.pseudo_labels needs proprio (lewm.proprio_emb_dim > 0)'),
     ('random_init_over_a_trained_encoder', 'experiments.pretrain',
      [SMOKE, '--config.method=three_stage', '--random_init', '--workdir={tmp}/trained/pretrain'],
      'give --random_init a new --workdir'),

@@ -309,3 +309,27 @@ def test_labeled_loader_reads_exactly_the_first_trajectories(dataset, train):
   config.labeled_fraction = 1.5
   with pytest.raises(ValueError, match=r'labeled_fraction=1.5 must be in \(0, 1\]'):
     pipeline.labeled_trajectories(config)
+
+
+def test_relabelled_loader_reads_the_given_actions_after_the_labelled_trajectories(
+    dataset, train):
+  # 2 labelled trajectories with their stored actions, then 6 with the given ones: every clip
+  # of all 8 is read once, each with its trajectory's actions (expected_clips' loops).
+  relabelled = np.random.default_rng(0).normal(
+      size=(6,) + train['actions'].shape[1:]).astype(np.float32)
+  clips = all_clips(loader(dataset, num_epochs=1, batch_size=1, drop_remainder=False,
+                           num_trajectories=2, relabelled_actions=relabelled))
+  with_labels = {**train, 'actions': np.concatenate([train['actions'][:2], relabelled])}
+  expected = expected_clips(with_labels, stats_lib.load_stats(dataset))
+  by_states = {s.astype(np.float32).tobytes(): a
+               for s, a in zip(expected['states'], expected['actions'])}
+  assert len(clips['states']) == len(by_states) == 8 * STARTS
+  for states, actions in zip(clips['states'], clips['actions']):
+    np.testing.assert_allclose(actions, by_states[states.tobytes()], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='7 relabelled trajectories after the first 2 exceed'):
+    loader(dataset, num_trajectories=2, relabelled_actions=np.zeros((7, 30, 2), np.float32))
+  short = loader(dataset, num_trajectories=2, relabelled_actions=np.zeros((6, 29, 2), np.float32),
+                 shuffle=False, batch_size=1)
+  with pytest.raises(ValueError, match=r'relabelled actions of shape \(29, 2\)'):
+    for _ in range(3 * STARTS):  # the third trajectory is the first relabelled one
+      next(short)

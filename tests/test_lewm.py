@@ -135,7 +135,7 @@ def test_unknown_key_and_bad_tubelet_are_clear_errors():
 
 
 @pytest.mark.slow
-def test_short_run_exports_a_world_model_that_loads(tmp_path):
+def short_run_config():
   config = wall.get_config('smoke')
   config.data.update(dict(image_size=IMAGE, num_train_trajectories=8,
                           num_validation_trajectories=4, trajectory_length=40))
@@ -144,6 +144,11 @@ def test_short_run_exports_a_world_model_that_loads(tmp_path):
           'encoder', 'predictor_config', 'sigreg_directions')},
       batch_size=8, num_steps=3, log_every=1, checkpoint_every=2, eval_batch_size=8,
       eval_num_batches=1, statistics_batches=2, geometry_frames=64))
+  return config
+
+
+def test_short_run_exports_a_world_model_that_loads(tmp_path):
+  config = short_run_config()
   data_dir = str(tmp_path / 'data')
   dataset = trajectories.generate(data_dir, config.env, config.data, config.seed)
   summary = lewm_train.train(config, str(tmp_path / 'lewm'), data_dir)
@@ -165,3 +170,22 @@ def test_short_run_exports_a_world_model_that_loads(tmp_path):
   assert z.shape == (2, 3, 1, 1, 12)
   pred, _ = jax.jit(model.unroll)(params, z[:, 0], None, jnp.zeros((2, 4, 10)))
   assert pred.shape == (2, 4, 1, 1, 12) and bool(jnp.isfinite(pred).all())
+
+
+def test_pseudo_labels_read_proprio_and_need_it(tmp_path):
+  # LeWM has no frozen latent before it trains: its inverse model reads proprio, and a
+  # pixels-only LeWM asked for pseudo labels stops in one line before training.
+  config = short_run_config()
+  config.labeled_fraction = 0.5
+  config.lewm.pseudo_labels = True
+  data_dir = str(tmp_path / 'data')
+  trajectories.generate(data_dir, config.env, config.data, config.seed)
+  with pytest.raises(ValueError, match=r'lewm\.pseudo_labels needs proprio'):
+    lewm_train.train(config, str(tmp_path / 'pixels'), data_dir)
+  assert not os.path.exists(tmp_path / 'pixels' / 'checkpoints')
+  config.lewm.proprio_emb_dim = 4
+  summary = lewm_train.train(config, str(tmp_path / 'lewm'), data_dir)
+  assert summary['labeled_trajectories'] == 4
+  report = summary['pseudo_labels']
+  assert report['labelled_trajectories'] == report['pseudo_labelled_trajectories'] == 4
+  assert report['inverse_model_inputs'] == 'proprio'

@@ -50,15 +50,22 @@ def run(root, config, workdir, num_steps):
   return train.train(config, str(root / workdir), str(root / 'data'), str(root / 'encoder'))
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(setup):
-  root, config = setup
-  run(root, config, 'resumed', num_steps=2)      # "interrupted" after 2 steps (checkpointed)
-  resumed = run(root, config, 'resumed', num_steps=4)
-  straight = run(root, config, 'straight', num_steps=4)
-  _, a = model_lib.load_world_model(root / 'resumed' / 'model')
-  _, b = model_lib.load_world_model(root / 'straight' / 'model')
+def resume_and_compare(root, config, prefix=''):
+  """Trains 2 steps ("interrupted", checkpointed), resumes to 4, and trains 4 straight; asserts
+  the two exports are identical. Returns (resumed summary, straight summary, straight params)."""
+  run(root, config, f'{prefix}resumed', num_steps=2)
+  resumed = run(root, config, f'{prefix}resumed', num_steps=4)
+  straight = run(root, config, f'{prefix}straight', num_steps=4)
+  _, a = model_lib.load_world_model(root / f'{prefix}resumed' / 'model')
+  _, b = model_lib.load_world_model(root / f'{prefix}straight' / 'model')
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+  return resumed, straight, b
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(setup):
+  root, config = setup
+  resumed, straight, b = resume_and_compare(root, config)
   assert resumed['rollout_error'] == straight['rollout_error']
   assert resumed['num_steps'] == straight['num_steps'] == 4
   # A checkpoint written with other settings is never resumed.
@@ -84,3 +91,22 @@ def test_interrupted_and_resumed_equals_uninterrupted(setup):
   _, _, enc_params, _ = checkpoint.load_model(root / 'encoder')
   for x, y in zip(jax.tree.leaves(enc_params), jax.tree.leaves(b['encoder'])):
     np.testing.assert_array_equal(x, y)
+
+
+def test_pseudo_labels_train_on_every_trajectory_and_resume_exactly(setup):
+  # Half the 8 trajectories labelled; the other 4 pseudo-labelled by the inverse model on
+  # proprio (the config's world model reads it). The labels are a pure function of the data
+  # and the seed, so a resumed run equals an uninterrupted one.
+  root, config = setup
+  config = config.copy_and_resolve_references()
+  config.labeled_fraction = 0.5
+  config.world_model.pseudo_labels = True
+  resumed, straight, _ = resume_and_compare(root, config, prefix='pseudo_')
+  assert straight['labeled_trajectories'] == 4
+  report = straight['pseudo_labels']
+  assert report == resumed['pseudo_labels']
+  assert report['labelled_trajectories'] == report['pseudo_labelled_trajectories'] == 4
+  assert report['inverse_model_inputs'] == 'proprio'
+  # Without the setting the same fraction trains on the labelled 4 alone and reports nothing.
+  config.world_model.pseudo_labels = False
+  assert 'pseudo_labels' not in run(root, config, 'labelled_only', num_steps=2)

@@ -54,6 +54,30 @@ class ClipReader(grain.transforms.Map):
     }
 
 
+class RelabelledSource:
+  """A data source whose trajectories from `first` on carry `actions[i - first]` (raw (M, L, A))
+  in place of their stored actions: the labelled trajectories, then M pseudo-labelled ones."""
+
+  def __init__(self, source: Sequence[dict], first: int, actions: np.ndarray):
+    if first + len(actions) > len(source):
+      raise ValueError(f'{len(actions)} relabelled trajectories after the first {first} exceed '
+                       f'the split\'s {len(source)}')
+    self._source, self._first, self._actions = source, first, actions
+
+  def __len__(self) -> int:
+    return self._first + len(self._actions)
+
+  def __getitem__(self, index: int) -> dict:
+    example = self._source[index]
+    if index < self._first:
+      return example
+    actions = self._actions[index - self._first]
+    if actions.shape != example['actions'].shape:
+      raise ValueError(f'relabelled actions of shape {actions.shape} for trajectory {index}, '
+                       f'whose stored actions are {example["actions"].shape}')
+    return {**example, 'actions': actions}
+
+
 def num_clip_starts(trajectory_length: int, num_frames: int, frameskip: int) -> int:
   """Clip start offsets per trajectory of `trajectory_length` env steps."""
   if num_frames < 1 or frameskip < 1:
@@ -96,7 +120,8 @@ def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frame
                      num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
                      extra_transforms: Sequence[Any] = (), drop_remainder: bool = True,
                      worker_count: int = 0, read_threads: int = 2,
-                     num_trajectories: int | None = None) -> grain.DatasetIterator:
+                     num_trajectories: int | None = None,
+                     relabelled_actions: np.ndarray | None = None) -> grain.DatasetIterator:
   """Checkpointable iterator over batches of clips.
 
   Args:
@@ -115,6 +140,9 @@ def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frame
       absl app has them; elsewhere call `absl.flags.FLAGS.mark_as_parsed()`).
     num_trajectories: only the split's first this many trajectories (None: all), e.g. the
       action-labelled part (`labeled_trajectories`).
+    relabelled_actions: raw actions (M, L, A) of the M trajectories after those, which are read
+      too, with these actions in place of their stored ones (stage 2's pseudo labels,
+      `world_model.pseudo_labels`).
 
   Returns:
     Iterator of {'observations': uint8 (B, T, S, S, 3), 'actions': f32 (B, T, frameskip*A),
@@ -131,6 +159,9 @@ def make_clip_loader(dataset_dir: str, split: str, *, batch_size: int, num_frame
   num_starts = num_clip_starts(trajectories.trajectory_length(builder), num_frames, frameskip)
   source = builder.as_data_source(split)
   used = len(source) if num_trajectories is None else min(int(num_trajectories), len(source))
+  if relabelled_actions is not None:
+    source = RelabelledSource(source, used, relabelled_actions)
+    used = len(source)
   per_shard = used * num_starts // shard_count
   if per_shard < (batch_size if drop_remainder else 1):
     raise ValueError(

@@ -52,6 +52,7 @@ from jepa_jax.representation import sigreg as sigreg_lib
 from jepa_jax.representation import standardise
 from jepa_jax.world_model import config as wm_config
 from jepa_jax.world_model import model as model_lib
+from jepa_jax.world_model import pseudo_labels
 from jepa_jax.world_model import validate
 
 
@@ -101,6 +102,11 @@ class LeWMConfig(wm_config.PredictorTrainingConfig):
         'sigreg_directions', 'statistics_batches', 'geometry_frames'))
     if self.sigreg_weight < 0:
       raise ValueError(f'lewm.sigreg_weight must be >= 0, got {self.sigreg_weight}')
+    if self.pseudo_labels and not self.proprio_emb_dim:
+      # No frozen latent exists before LeWM trains: only proprio shows the actions.
+      raise ValueError('lewm.pseudo_labels needs proprio (lewm.proprio_emb_dim > 0): LeWM has no '
+                       'frozen encoder to read actions from before it trains; set '
+                       'lewm.pseudo_labels=False')
 
 
 def as_lewm_config(section: Any) -> LeWMConfig:
@@ -233,12 +239,15 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   model = build_model(cfg, stats_lib.load_stats(dataset_dir), data_cfg.frameskip)
   num_hosts = jax.process_count()
+  num_labelled, relabelled, pseudo_report = pseudo_labels.training_labels(
+      config, cfg, dataset_dir, use_proprio=model.use_proprio)
 
   def make_loader(per_host, shard_index, shard_count):
     return pipeline.make_clip_loader(
         dataset_dir, 'train', batch_size=per_host, num_frames=num_frames,
         frameskip=data_cfg.frameskip, seed=int(config.seed), shard_index=shard_index,
-        shard_count=shard_count, num_trajectories=pipeline.labeled_trajectories(config))
+        shard_count=shard_count, num_trajectories=num_labelled,
+        relabelled_actions=relabelled)
 
   kept = {}
 
@@ -293,7 +302,8 @@ def train(config: Any, workdir: str, data_dir: str) -> dict:
       'steps_per_sec': result.loop.steps_per_sec,
       'total_seconds': time.time() - start_time,
       'latent_grid': list(model.encoder.config.grid),
-      'labeled_trajectories': pipeline.labeled_trajectories(config),
+      'labeled_trajectories': num_labelled,
+      **({'pseudo_labels': pseudo_report} if pseudo_report else {}),
       'model_path': os.path.join(workdir, 'model'),
   }
   outputs.write_json(os.path.join(workdir, 'summary.json'), summary)

@@ -35,6 +35,10 @@ class PredictorTrainingConfig(training.TrainLoopConfig):
   proprio_weight: weight of the proprio prediction term of the loss.
   eval_horizon: open-loop rollout steps k of the validation; eval_batch_size, eval_num_batches:
     validation clips = their product (from the validation split).
+  pseudo_labels: with `labeled_fraction` < 1, train on the unlabelled trajectories too, with
+    the actions an inverse dynamics model fit on the labelled ones reads off their proprio (or,
+    for stage 2 without proprio, the frozen latent): world_model/pseudo_labels.py. False: the
+    labelled trajectories only.
   """
   predictor: str = 'adaln'
   predictor_config: dict = dataclasses.field(
@@ -44,6 +48,7 @@ class PredictorTrainingConfig(training.TrainLoopConfig):
   eval_horizon: int = 6
   eval_batch_size: int = 64
   eval_num_batches: int = 8
+  pseudo_labels: bool = False
 
   def __post_init__(self):
     super().__post_init__()

@@ -32,6 +32,7 @@ from jepa_jax.data import trajectories
 from jepa_jax.world_model import config as wm_config
 from jepa_jax.world_model import losses
 from jepa_jax.world_model import model as model_lib
+from jepa_jax.world_model import pseudo_labels
 from jepa_jax.world_model import validate
 
 
@@ -177,6 +178,9 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   model, encoder_params = build_model(config, dataset_dir, encoder_path)
+  num_labelled, relabelled, pseudo_report = pseudo_labels.training_labels(
+      config, cfg, dataset_dir, use_proprio=model.use_proprio,
+      encode=jax.jit(lambda frames: model.encode({'encoder': encoder_params}, frames[:, None])))
   rollout_fn = validate.make_rollout_error_fn(model, cfg.eval_horizon)
   last_eval = {}
   placed = {}  # the frozen encoder params as placed on the mesh (set once the stage starts)
@@ -185,7 +189,8 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
     return pipeline.make_clip_loader(
         dataset_dir, 'train', batch_size=per_host, num_frames=num_frames,
         frameskip=data_cfg.frameskip, seed=config.seed, shard_index=shard_index,
-        shard_count=shard_count, num_trajectories=pipeline.labeled_trajectories(config))
+        shard_count=shard_count, num_trajectories=num_labelled,
+        relabelled_actions=relabelled)
 
   def eval_fn(state, step):
     mesh, shard_count = placed['mesh'], jax.process_count()
@@ -229,7 +234,8 @@ def train(config, workdir: str, data_dir: str, encoder_path: str) -> dict:
       'final_train_metrics': result.metrics,
       'eval_horizon': cfg.eval_horizon,
       **validate.summary_entries(last_eval['result']),
-      'labeled_trajectories': pipeline.labeled_trajectories(config),
+      'labeled_trajectories': num_labelled,
+      **({'pseudo_labels': pseudo_report} if pseudo_report else {}),
       'model_path': model_dir,
   }
   outputs.write_json(os.path.join(workdir, 'summary.json'), summary)

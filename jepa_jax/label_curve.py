@@ -214,7 +214,7 @@ def format_curve(curve: dict) -> str:
   unit = curve['cells'][fraction_key(curve['fractions'][0])]['three_stage']['distance_unit']
   lines = ['', f"label-efficiency curve ({curve['env']}, {curve['episodes']} {curve['episode_set']}"
            f" episodes, seed {curve['seed']}; success with 95 % interval)",
-           f"{'labels':<14} {'model':<50}" + ''.join(f' {_row_title(curve, r):<24}' for r in rows)
+           f"{'labels':<14} {'model':<60}" + ''.join(f' {_row_title(curve, r):<24}' for r in rows)
            + f" {'final distance (' + unit + ')':<22} rollout error (constant latent)"]
   for fraction in sorted(curve['fractions'], reverse=True):
     for i, (cell, name) in enumerate(curve['cell_names'].items()):
@@ -224,7 +224,7 @@ def format_curve(curve: dict) -> str:
                f"{entry['rollout_error']:.3g} ({entry['rollout_error_constant_baseline']:.3g})")
       if entry.get('pseudo_labels'):
         name += f" + pseudo labels (R^2 {entry['pseudo_labels']['inverse_model_validation_r2']:.2f})"
-      lines.append(f'{labels:<14} {name:<50}' + ''.join(
+      lines.append(f'{labels:<14} {name:<60}' + ''.join(
           f" {_rate(entry['rows'][r]):<24}" for r in rows)
           + f" {entry['rows']['main']['mean_final_distance']:<22.2f} {error}")
   return '\n'.join(lines)
@@ -266,7 +266,10 @@ def plot(path: str, curve: dict) -> str:
     ax.set_title(_row_title(curve, row))
     ax.grid(alpha=0.3)
   axes[0][0].legend(loc='best', fontsize='small')
-  fig.suptitle(f"{curve['env']}: label efficiency")
+  pseudo = any(entry.get('pseudo_labels') for cells in curve['cells'].values()
+               for entry in cells.values())
+  fig.suptitle(f"{curve['env']}: label efficiency"
+               + (' (the unlabelled trajectories pseudo-labelled)' if pseudo else ''))
   fig.tight_layout()
   try:
     return outputs.write_atomically(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))

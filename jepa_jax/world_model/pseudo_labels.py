@@ -100,8 +100,8 @@ def fit_inverse_model(inputs: np.ndarray, targets: np.ndarray, seed: int) -> Fit
   n = len(inputs)
   if n < 2:
     raise ValueError(f'pseudo labels need at least 2 labelled trajectories to fit and check the '
-                     f'inverse dynamics model, got {n}; raise labeled_fraction or set '
-                     'world_model.pseudo_labels=False')
+                     f'inverse dynamics model, got {n}; raise labeled_fraction or turn '
+                     'pseudo_labels off (world_model.pseudo_labels / lewm.pseudo_labels)')
   num_holdout = max(1, round(HOLDOUT_FRACTION * n))
   fit_x = inputs[:-num_holdout].reshape(-1, inputs.shape[-1])
   fit_y = targets[:-num_holdout].reshape(-1, targets.shape[-1])
@@ -119,17 +119,16 @@ def fit_inverse_model(inputs: np.ndarray, targets: np.ndarray, seed: int) -> Fit
 
   @jax.jit
   def step(params, opt_state, x, y):
-    loss, grads = jax.value_and_grad(
-        lambda p: jnp.mean(jnp.square(model.apply(p, x) - y)))(params)
+    grads = jax.grad(lambda p: jnp.mean(jnp.square(model.apply(p, x) - y)))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), opt_state
 
   holdout_mse = jax.jit(lambda p: jnp.mean(jnp.square(model.apply(p, hold_x) - hold_y)))
   rng = np.random.default_rng(seed)
   best = (float(holdout_mse(params)), 0, params)
   for i in range(1, MAX_STEPS + 1):
     rows = rng.integers(0, len(fit_x), BATCH_SIZE)
-    params, opt_state, _ = step(params, opt_state, fit_x[rows], fit_y[rows])
+    params, opt_state = step(params, opt_state, fit_x[rows], fit_y[rows])
     if i % EVAL_EVERY == 0:
       error = float(holdout_mse(params))
       if error < best[0]:

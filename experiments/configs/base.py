@@ -154,10 +154,16 @@ def cpu_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def end_to_end_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """LeWorldModel instead of stages 1 + 2 (an environment's CPU variants that default to it:
-  Push-T). Without proprio (`lewm.proprio_emb_dim=0`, the default) every planning row scores
-  pixels and the 'pixels_only' row would repeat the main one, so it goes."""
+  Push-T), without the 'pixels_only' row when LeWM reads no proprio (the default)."""
   config.method = 'lewm'
-  if not config.lewm.proprio_emb_dim:
+  return drop_repeated_pixels_only_row(config)
+
+
+def drop_repeated_pixels_only_row(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Without proprio in the method's model (`proprio_emb_dim=0`) every planning row scores
+  pixels, so the 'pixels_only' row would repeat the main one: it goes."""
+  section = 'lewm' if config.method == 'lewm' else 'world_model'
+  if not config[section].proprio_emb_dim:
     del config.planning_extra['pixels_only']
   return config
 

@@ -19,8 +19,6 @@ def get_config(variant='tiny'):
       tiny_data=dict(num_train_trajectories=500, num_validation_trajectories=50,
                      trajectory_length=60))
   if variant in ('smoke', 'tiny'):
-    # Pixels only, like the LeWM default: every planning row scores pixels, so the
-    # 'pixels_only' row would repeat the main one.
-    config.world_model.proprio_emb_dim = 0
-    del config.planning_extra['pixels_only']
+    config.world_model.proprio_emb_dim = 0  # pixels only, like the LeWM default
+    base.drop_repeated_pixels_only_row(config)
   return config

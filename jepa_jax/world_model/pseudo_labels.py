@@ -18,6 +18,7 @@ one frame (the flattened latent h * w * D, or P proprio dims).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -85,9 +86,14 @@ class FittedInverseModel:
 
   def predict(self, inputs: np.ndarray) -> np.ndarray:
     x = (np.asarray(inputs, np.float32) - self.input_mean) / self.input_std
-    apply = jax.jit(InverseDynamics(self.action_dim).apply)
-    return np.asarray(apply(self.params, x.reshape(-1, x.shape[-1]))).reshape(
+    return np.asarray(_apply(self.action_dim, self.params, x.reshape(-1, x.shape[-1]))).reshape(
         x.shape[:-1] + (self.action_dim,))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(action_dim: int, params: dict, x: jax.Array) -> jax.Array:
+  """The IDM's forward pass, compiled once per action width and input shape (not per call)."""
+  return InverseDynamics(action_dim).apply(params, x)
 
 
 def fit_inverse_model(inputs: np.ndarray, targets: np.ndarray, seed: int) -> FittedInverseModel:
